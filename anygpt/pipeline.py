@@ -1,0 +1,276 @@
+"""AnyGPT: the public façade. Owns the model (encoder, LLM, projectors) and the decoders.
+
+    model = AnyGPT.from_preset("tiny")
+    r = model.chat("draw a red circle", image="cat.png", audio="dog.wav")
+    r.save("out/")
+
+`chat` walks numbered steps, as diffusers' pipelines do: check inputs, encode media,
+generate with the LLM, project signal tokens, decode. Decoders load lazily, the first
+time their modality is asked for, and stay loaded until `unload_decoder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import load_file, save_file
+
+from decoders import DECODERS, Decoder, DecoderError
+from encoders import ImageBindConfig, ImageBindEncoder, MediaError
+
+from anygpt.config import INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, EncoderSettings, preset
+from anygpt.errors import ConfigError, InputError
+from anygpt.llm import load_llm
+from anygpt.model import AnyGPTModel, Turn
+from anygpt.response import Response, Trace
+
+WEIGHTS_FILE = "anygpt.safetensors"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ChatOptions(BaseModel):
+    """Per-request options; None means the config's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    seed: int = 0
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    outputs: tuple[str, ...] = OUTPUT_MODALITIES  # output modalities the reply may contain
+    force: tuple[str, ...] = ()  # output modalities to make even if the LLM does not ask (test/UI hook)
+    height: int | None = None
+    width: int | None = None
+    audio_length_in_s: float | None = None
+    num_frames: int | None = None
+
+
+def build_encoder(settings: EncoderSettings) -> ImageBindEncoder:
+    """ImageBind from an official .pth, a saved folder, or (tiny, no checkpoint) built in code."""
+    if settings.checkpoint:
+        path = Path(settings.checkpoint)
+        if path.is_dir():
+            return ImageBindEncoder.from_pretrained(path)
+        config = ImageBindConfig.huge() if settings.kind == "huge" else ImageBindConfig.tiny()
+        return ImageBindEncoder.from_checkpoint(path, config)
+    if settings.kind == "huge":
+        raise ConfigError("encoder kind 'huge' needs a checkpoint path (imagebind_huge.pth)")
+    return ImageBindEncoder.tiny(seed=settings.seed)
+
+
+class AnyGPT:
+    def __init__(self, model: AnyGPTModel, config: AnyGPTConfig, trained: bool = False, device: str = "cpu"):
+        self.model = model.eval()
+        self.config = config
+        self.trained = trained  # False: projectors and signal rows are random (never present output as a result)
+        self.device = device
+        self._decoders: dict[str, Decoder] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str = "tiny", **kwargs) -> "AnyGPT":
+        return cls.from_config(preset(name), **kwargs)
+
+    @classmethod
+    def from_config(cls, config: AnyGPTConfig | str | os.PathLike, *, weights: str | os.PathLike | None = None,
+                    device: str = "cpu") -> "AnyGPT":
+        """Build every part a config names; `weights` is a folder written by `save_pretrained`."""
+        if not isinstance(config, AnyGPTConfig):
+            config = AnyGPTConfig.load(config)
+        llm, tokenizer = load_llm(config.llm)
+        encoder = build_encoder(config.encoder)
+        with torch.random.fork_rng():  # untrained parts start the same on every build
+            torch.manual_seed(0)
+            model = AnyGPTModel(config, llm, tokenizer, encoder)
+        if weights is not None:
+            _load_weights(model, Path(weights))
+        return cls(model, config, trained=weights is not None, device=device)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs) -> "AnyGPT":
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"not an AnyGPT folder (no config.json): {folder}")
+        config = AnyGPTConfig.parse(json.loads((folder / "config.json").read_text()), source=str(folder / "config.json"))
+        return cls.from_config(config, weights=folder, **kwargs)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """config.json (with references to the frozen parts) + anygpt.safetensors (+ lora/ when enabled)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder / "config.json")
+        metadata = {"signal_tokens": json.dumps(self.model.signal.tokens), "base_vocab": str(self.model.base_vocab)}
+        save_file(self.model.trainable_state(), folder / WEIGHTS_FILE, metadata=metadata)
+        if self.config.lora.enabled:
+            self.model.llm.save_pretrained(folder / "lora")
+
+    # -- decoders -----------------------------------------------------------------------------
+    def decoder(self, modality: str) -> Decoder:
+        """The decoder of an output modality, loaded on first use."""
+        if modality not in self._decoders:
+            settings = self.config.decoders[modality]
+            cls = DECODERS[modality]
+            if settings.path:
+                dec = cls.from_pretrained(settings.path, torch_dtype=_DTYPES[settings.dtype], device=self.device,
+                                          cpu_offload=self.device == "cuda")
+            else:
+                dec = cls.tiny(seed=settings.seed)
+            if tuple(dec.conditioning.shape) != tuple(settings.conditioning):
+                raise ConfigError(f"{modality} decoder takes conditioning {tuple(dec.conditioning.shape)} but the "
+                                  f"config (and its output projector) says {tuple(settings.conditioning)}")
+            self._decoders[modality] = dec
+        return self._decoders[modality]
+
+    @property
+    def loaded_decoders(self) -> list[str]:
+        return list(self._decoders)
+
+    def unload_decoder(self, modality: str) -> None:
+        self._decoders.pop(modality, None)
+
+    # -- the request --------------------------------------------------------------------------
+    def chat(self, prompt: str, *, image: Any = None, audio: Any = None, video: Any = None, depth: Any = None,
+             thermal: Any = None, imu: Any = None, media: Sequence[tuple[str, Any]] | None = None,
+             history: Sequence[Turn] | None = None, options: ChatOptions | None = None, **option_kwargs) -> Response:
+        """Answer one user turn. Media come as keyword arguments (one item or a list each) or as an
+        ordered `media=[(modality, item), ...]`; options as a ChatOptions or keyword arguments."""
+        # 1. check inputs
+        opts = self._options(options, option_kwargs)
+        items = _collect_media(dict(image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu),
+                               media)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty: say what you want")
+        turns = list(history or []) + [Turn("user", prompt, items)]
+        trace = Trace(seed=opts.seed, model_ids=self.model_ids())
+        timings = trace.timings
+
+        with torch.inference_mode():
+            # 2. encode media (every turn's; the encoder caches by content, so earlier turns cost nothing)
+            t = time.perf_counter()
+            input_ids = self.model.tokenize(turns)
+            all_media = [item for turn in turns for item in turn.media]
+            try:
+                media_embeds = self.model.encode_media(all_media) if all_media else torch.empty(0, 1)
+            except MediaError as e:
+                raise InputError(str(e)) from None
+            inputs_embeds = self.model.splice_media(input_ids, media_embeds)
+            timings["encode"] = time.perf_counter() - t
+
+            # 3. the LLM writes text and signal tokens
+            t = time.perf_counter()
+            reply_ids = self.model.generate(
+                inputs_embeds, max_new_tokens=opts.max_new_tokens or self.config.max_new_tokens,
+                temperature=self.config.temperature if opts.temperature is None else opts.temperature,
+                seed=opts.seed, allowed=set(opts.outputs), force=set(opts.force))
+            timings["llm"] = time.perf_counter() - t
+
+            # 4. hidden states at each run of signal tokens -> the decoder's prompt_embeds
+            t = time.perf_counter()
+            runs = self.model.find_runs(reply_ids)
+            conditioning = self.model.signal_conditioning(inputs_embeds, reply_ids, runs)
+            timings["project"] = time.perf_counter() - t
+
+            # 5. decode: all artifacts of a modality in one pipeline call
+            artifacts: list[Any] = [None] * len(runs)
+            for modality in dict.fromkeys(r.modality for r in runs):
+                t = time.perf_counter()
+                index = [i for i, r in enumerate(runs) if r.modality == modality]
+                seeds = [opts.seed + i for i in index]
+                made = self._decode(modality, torch.stack([conditioning[i] for i in index]), seeds, opts)
+                for i, artifact in zip(index, made):
+                    artifacts[i] = artifact
+                timings[f"decode_{modality}"] = time.perf_counter() - t
+
+        tokens = self.model.tokenizer.convert_ids_to_tokens
+        for i, run in enumerate(runs):
+            trace.signal_runs.append({"modality": run.modality, "tokens": tokens([reply_ids[p] for p in run.positions]),
+                                      "seed": opts.seed + i})
+        trace.raw_reply = self.model.tokenizer.decode(reply_ids, skip_special_tokens=False)
+        history_out = turns + [Turn("assistant", trace.raw_reply)]
+        return Response(text=self.model.reply_text(reply_ids), artifacts=artifacts, trace=trace, history=history_out)
+
+    def model_ids(self) -> dict[str, str]:
+        ids = {"llm": self.config.llm.describe(),
+               "encoder": self.config.encoder.checkpoint or f"imagebind-{self.config.encoder.kind}"}
+        for m, d in self.config.decoders.items():
+            ids[m] = d.model_id or d.path or f"tiny-{m}"
+        return ids
+
+    def _decode(self, modality: str, prompt_embeds: torch.Tensor, seeds: list[int], opts: ChatOptions) -> list:
+        settings = self.config.decoders[modality]
+        size = dict(settings.size)
+        for key in ("height", "width", "audio_length_in_s", "num_frames"):
+            if key in size and getattr(opts, key) is not None:
+                size[key] = getattr(opts, key)
+        for key in ("height", "width", "num_frames"):
+            if key in size:
+                size[key] = int(size[key])
+        dec = self.decoder(modality)
+        try:
+            return dec.decode(prompt_embeds, seeds=seeds,
+                              num_inference_steps=opts.num_inference_steps or settings.num_inference_steps,
+                              guidance_scale=settings.guidance_scale if opts.guidance_scale is None
+                              else opts.guidance_scale, **size)
+        except DecoderError as e:
+            raise InputError(f"{modality} decoder: {e}") from None
+
+    def _options(self, options: ChatOptions | None, overrides: dict) -> ChatOptions:
+        try:
+            opts = ChatOptions.model_validate({**(options.model_dump() if options else {}), **overrides})
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise InputError(f"bad chat options: {problems}") from None
+        for field in ("outputs", "force"):
+            unknown = [m for m in getattr(opts, field) if m not in OUTPUT_MODALITIES]
+            if unknown:
+                raise InputError(f"unknown output modality {unknown} in {field}; known: {list(OUTPUT_MODALITIES)}")
+            missing = [m for m in getattr(opts, field) if m not in self.config.decoders]
+            if missing:
+                raise InputError(f"this model has no decoder for {missing}")
+        return opts
+
+
+def _collect_media(by_name: dict[str, Any], ordered: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for modality, value in by_name.items():
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            items.append((modality, item))
+    for pair in ordered or []:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise InputError(f"media items are (modality, item) pairs, got {pair!r}")
+        items.append(tuple(pair))
+    for modality, item in items:
+        if modality not in INPUT_MODALITIES:
+            raise InputError(f"unknown input modality {modality!r}; known: {list(INPUT_MODALITIES)}")
+        if isinstance(item, (str, os.PathLike)) and not Path(item).is_file():
+            raise InputError(f"{modality} file not found: {item}")
+    return items
+
+
+def _load_weights(model: AnyGPTModel, folder: Path) -> None:
+    file = folder / WEIGHTS_FILE
+    if not file.is_file():
+        raise ConfigError(f"no trained weights in {folder} (expected {WEIGHTS_FILE})")
+    state = load_file(file)
+    expected = set(model.trainable_state())
+    if set(state) != expected:
+        raise ConfigError(f"{file} does not match this config: missing {sorted(expected - set(state))[:5]}, "
+                          f"unexpected {sorted(set(state) - expected)[:5]}")
+    model.load_trainable_state(state)
+    if model.config.lora.enabled:
+        from peft import set_peft_model_state_dict
+
+        lora_file = folder / "lora" / "adapter_model.safetensors"
+        if not lora_file.is_file():
+            raise ConfigError(f"config enables LoRA but {lora_file} is missing")
+        set_peft_model_state_dict(model.llm, load_file(lora_file))

@@ -1,0 +1,47 @@
+"""The thin layers AnyGPT trains between frozen models (NExT-GPT's shapes, DESIGN.md §8).
+
+Attribute names follow NExT-GPT's `TextFcLayer` (fc, tfm, model, query_embs) so that its
+released checkpoints map onto these modules key for key.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class InputProjector(nn.Module):
+    """One encoder embedding -> one LLM token embedding (NExT-GPT: Linear(1024 -> 4096))."""
+
+    def __init__(self, in_dim: int, llm_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, llm_dim)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:  # [N, in_dim] -> [N, llm_dim]
+        return self.proj(embeddings)
+
+
+class OutputProjector(nn.Module):
+    """Signal-token states -> a decoder's conditioning (`prompt_embeds` of shape [tokens, out_dim]).
+
+    Input at each signal token is the LLM's last-layer hidden state plus its input embedding.
+    A transformer encoder reads those; its decoder reads `tokens` learnable queries, so the
+    output length is the decoder's (77 for SD) whatever the number of signal tokens.
+    """
+
+    def __init__(self, llm_dim: int, tokens: int, out_dim: int, *, d_model: int = 512, heads: int = 4,
+                 encoder_layers: int = 4, decoder_layers: int = 4, feedforward: int = 2048):
+        super().__init__()
+        self.tokens, self.out_dim = tokens, out_dim
+        self.fc = nn.Linear(llm_dim, d_model)
+        self.tfm = nn.Transformer(d_model=d_model, nhead=heads, num_encoder_layers=encoder_layers,
+                                  num_decoder_layers=decoder_layers, dim_feedforward=feedforward,
+                                  dropout=0.0, batch_first=True, norm_first=True)
+        self.model = nn.Linear(d_model, out_dim)
+        self.query_embs = nn.Parameter(torch.randn(1, tokens, d_model) * 0.02)
+
+    def forward(self, hidden: torch.Tensor, input_embeds: torch.Tensor) -> torch.Tensor:
+        """hidden, input_embeds: [B, n_signal, llm_dim] -> [B, tokens, out_dim]."""
+        x = self.fc(hidden + input_embeds)
+        x = self.tfm(x, self.query_embs.expand(x.shape[0], -1, -1))
+        return self.model(x)

@@ -1,0 +1,1 @@
+"""Applications built on the `anygpt` package: the web demo, scripted generation, LangChain."""
