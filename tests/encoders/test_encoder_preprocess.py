@@ -1,0 +1,141 @@
+"""Our preprocessing equals ImageBind's data.py on generated files (to 1e-5), and every
+input type of one picture / sound / clip gives the same tensor."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+from encoder_media import decode_frames, pattern_image, png_bytes, tone
+from PIL import Image
+
+from _imagebind_reference import reference_data_module, soundfile_load
+from encoders.preprocess import (
+    load_and_transform_audio,
+    load_and_transform_depth,
+    load_and_transform_image,
+    load_and_transform_imu,
+    load_and_transform_thermal,
+    load_and_transform_video,
+)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return reference_data_module()
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype == torch.float32
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["landscape.png", "portrait.jpg", "small_rgba.png", "gray.png"])
+def test_image_matches_reference(reference, media_dir, name):
+    path = str(media_dir / name)
+    assert_close(load_and_transform_image(path), reference.load_and_transform_vision_data([path], "cpu")[0])
+
+
+@pytest.mark.parametrize("name", ["mono16k.wav", "stereo44k.wav", "short16k.wav", "long22k.wav"])
+def test_audio_matches_reference(reference, media_dir, monkeypatch, name):
+    monkeypatch.setattr(torchaudio, "load", soundfile_load)  # torchaudio 2.11 needs torchcodec to load
+    path = str(media_dir / name)
+    ours = load_and_transform_audio(path)
+    assert ours.shape == (3, 1, 128, 204)
+    assert_close(ours, reference.load_and_transform_audio_data([path], "cpu")[0])
+
+
+@pytest.mark.parametrize("name", ["landscape12fps.mp4", "portrait8fps.mp4", "odd25fps.mp4"])
+def test_video_matches_reference(reference, media_dir, name):
+    path = str(media_dir / name)
+    ours = load_and_transform_video(path)
+    assert ours.shape == (15, 3, 2, 224, 224)
+    assert_close(ours, reference.load_and_transform_video_data([path], "cpu")[0])
+
+
+def test_text_tokens_match_reference(reference, encoder):
+    texts = ["a red circle on a white background", "A dog barks!", ""]
+    assert torch.equal(encoder.tokenize(texts), reference.load_and_transform_text(texts, "cpu"))
+
+
+def test_image_input_types_agree(media_dir):
+    path = media_dir / "landscape.png"
+    pixels = np.array(Image.open(path).convert("RGB"))
+    want = load_and_transform_image(str(path))
+    for item in [path, path.read_bytes(), Image.open(path), pixels, torch.from_numpy(pixels).permute(2, 0, 1),
+                 pixels.astype(np.float32) / 255, torch.from_numpy(pixels).permute(2, 0, 1).float() / 255]:
+        assert torch.equal(load_and_transform_image(item), want), type(item)
+
+
+def test_audio_input_types_agree(media_dir):
+    path = media_dir / "mono16k.wav"
+    want = load_and_transform_audio(path)
+    pcm, _ = soundfile.read(path, dtype="int16")  # the samples the file holds
+    for item in [str(path), path.read_bytes(), pcm, torch.from_numpy(pcm), pcm.astype(np.float32) / 32768]:
+        assert (load_and_transform_audio(item) - want).abs().max() <= 1e-5, type(item)
+
+
+def test_audio_from_video_container(media_dir, tmp_path):
+    """Audio inside an MP4 (AAC) is read through PyAV."""
+    import av
+
+    path = tmp_path / "with_sound.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16_000)
+        s.layout = "mono"
+        wave = tone(2.5, 16_000)[:, 0]
+        for i in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="fltp", layout="mono")
+            frame.sample_rate = 16_000
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    out = load_and_transform_audio(path)
+    assert out.shape == (3, 1, 128, 204) and torch.isfinite(out).all()
+
+
+def test_video_array_equals_file(media_dir):
+    """A frame array is taken at 8 fps: the decoded frames of an 8 fps file give the same tensor."""
+    path = media_dir / "portrait8fps.mp4"
+    frames = decode_frames(path)
+    want = load_and_transform_video(path)
+    assert torch.equal(load_and_transform_video(frames), want)
+    assert torch.equal(load_and_transform_video(torch.from_numpy(frames).permute(0, 3, 1, 2)), want)
+    assert torch.equal(load_and_transform_video(path.read_bytes()), want)
+
+
+def test_thermal():
+    gray = pattern_image(120, 90, 4)[..., 0]
+    out = load_and_transform_thermal(gray)
+    assert out.shape == (1, 224, 224) and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(load_and_transform_thermal(png_bytes(gray)), out)
+    assert torch.equal(load_and_transform_thermal(Image.fromarray(gray).convert("RGB")), out)
+
+
+def test_depth(tmp_path):
+    flat = load_and_transform_depth(np.full((48, 64), 30.0, np.float32))
+    assert flat.shape == (1, 224, 224)
+    assert torch.allclose(flat, torch.full_like(flat, (30 / 75 - 0.0418) / 0.0295), atol=1e-4)
+    disparity = np.linspace(1, 60, 80 * 100, dtype=np.float32).reshape(80, 100)
+    np.save(tmp_path / "d.npy", disparity)
+    Image.fromarray(disparity.astype(np.uint16)).save(tmp_path / "d16.png")
+    from_npy = load_and_transform_depth(tmp_path / "d.npy")
+    assert torch.equal(from_npy, load_and_transform_depth(torch.from_numpy(disparity)))
+    from_png = load_and_transform_depth(tmp_path / "d16.png")  # 16-bit values taken as they are
+    assert torch.equal(from_png, load_and_transform_depth(disparity.astype(np.uint16)))
+
+
+def test_imu(tmp_path):
+    rng = np.random.default_rng(0)
+    long = rng.normal(size=(6, 2600)).astype(np.float32)
+    assert torch.equal(load_and_transform_imu(long), torch.from_numpy(long[:, 300:2300]))  # the middle
+    assert torch.equal(load_and_transform_imu(long.T.copy()), torch.from_numpy(long[:, 300:2300]))  # [T, 6]
+    short = load_and_transform_imu(long[:, :500])
+    assert short.shape == (6, 2000) and torch.equal(short[:, :500], torch.from_numpy(long[:, :500]))
+    assert short[:, 500:].abs().sum() == 0
+    buf = io.BytesIO()
+    np.save(buf, long)
+    assert torch.equal(load_and_transform_imu(buf.getvalue()), load_and_transform_imu(long))
