@@ -1,0 +1,621 @@
+"""The toy world: a seeded, deterministic generator of captioned images, audio, video and depth.
+
+No pretrained media models can be downloaded here, so the tiny preset learns its senses from
+this world; and because the world is known, every output can be judged by plain signal
+analysis (`anygpt.eval.probes`). The same seed always gives byte-identical files.
+
+Each modality has a typed spec (`ImageSpec`, `AudioSpec`, `VideoSpec`, `DepthSpec`) drawn by
+`sample_*(rng, split)`, drawn into an array by `render(spec)`, and described by
+`caption(spec, rng, split)`. The `heldout` split uses caption templates and attribute
+combinations (`HELDOUT`) that `train` never uses, so evaluation measures generalisation.
+
+`make_dataset` writes a folder with a `manifest.jsonl` (path + caption per line, the same format
+the training commands read for real data) and `dataset.json`. This module imports only
+third-party libraries (and the project's error types): it knows nothing of any model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, Union
+
+import av
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from anygpt.errors import InputError
+
+GENERATOR_VERSION = "1"
+SPLITS = ("train", "heldout")
+MODALITIES = ("image", "audio", "video", "depth")
+
+# ---------------------------------------------------------------- the world's vocabulary
+SHAPES = ("circle", "square", "triangle")
+# Saturated colours far apart in hue (0, 31, 57, 127, 227, 278 degrees), so hue alone tells them apart.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "orange": (250, 130, 0),
+    "yellow": (240, 230, 30),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "purple": (160, 60, 220),
+}
+DIRECTIONS = ("left", "right", "up", "down")  # image coordinates: "down" is towards the bottom row
+DISTANCES = ("near", "far")
+DISPARITY = {"near": (0.7, 1.0), "far": (0.15, 0.45)}  # disparity ranges; the background is 0
+AUDIO_KINDS = ("low tone", "middle tone", "high tone", "rising sweep", "falling sweep",
+               "noise burst", "pulsing beeps", "warbling tone")
+PITCH_BANDS = {"low tone": (150.0, 300.0), "middle tone": (450.0, 900.0), "high tone": (1600.0, 3200.0)}  # Hz
+LENGTHS = {"short": (1.0, 1.35), "long": (1.65, 2.0)}  # seconds; the gap lets a probe tell them apart
+SAMPLE_RATE = 16000
+
+# The categorical attributes of each modality: what captions name and what the probes report.
+LABELS: dict[str, tuple[str, ...]] = {
+    "image": ("color", "shape"),
+    "audio": ("kind", "length"),
+    "video": ("color", "shape", "direction"),
+    "depth": ("shape", "distance"),
+}
+# The values each categorical attribute takes.
+VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    "image": {"color": tuple(COLORS), "shape": SHAPES},
+    "audio": {"kind": AUDIO_KINDS, "length": tuple(LENGTHS)},
+    "video": {"color": tuple(COLORS), "shape": SHAPES, "direction": DIRECTIONS},
+    "depth": {"shape": SHAPES, "distance": DISTANCES},
+}
+# Attribute combinations that only the heldout split uses (keys in HELDOUT_KEYS order). Every
+# single value still occurs in train; only these pairings are new at evaluation time.
+HELDOUT_KEYS: dict[str, tuple[str, str]] = {
+    "image": ("color", "shape"), "audio": ("kind", "length"),
+    "video": ("color", "direction"), "depth": ("shape", "distance"),
+}
+HELDOUT: dict[str, frozenset[tuple[str, str]]] = {
+    "image": frozenset({("red", "triangle"), ("green", "circle"), ("blue", "square"), ("orange", "triangle")}),
+    "audio": frozenset({("low tone", "short"), ("rising sweep", "long"), ("pulsing beeps", "short")}),
+    "video": frozenset({("red", "up"), ("green", "left"), ("blue", "down"), ("yellow", "right")}),
+    "depth": frozenset({("triangle", "near")}),
+}
+
+# ---------------------------------------------------------------- captions
+# Each slot is named after an attribute; values with several phrasings are listed in PHRASES.
+PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "direction": {
+        "left": ("left", "to the left", "leftward"), "right": ("right", "to the right", "rightward"),
+        "up": ("up", "upward", "upwards"), "down": ("down", "downward", "downwards"),
+    },
+    "distance": {
+        "near": ("close to the camera", "near the viewer", "up close", "nearby"),
+        "far": ("far from the camera", "far away", "in the distance", "far off"),
+    },
+    "length": {"short": ("short", "brief"), "long": ("long", "lengthy")},
+    "kind": {
+        "low tone": ("low tone", "low-pitched tone", "deep hum", "low steady note"),
+        "middle tone": ("middle tone", "mid-pitched tone", "medium-pitched note", "steady tone in the middle range"),
+        "high tone": ("high tone", "high-pitched tone", "shrill whistle", "high steady note"),
+        "rising sweep": ("rising sweep", "tone that climbs in pitch", "upward sweep", "pitch rising from low to high"),
+        "falling sweep": ("falling sweep", "tone that drops in pitch", "downward sweep", "pitch falling from high to low"),
+        "noise burst": ("noise burst", "burst of static", "hiss of white noise", "rush of noise"),
+        "pulsing beeps": ("series of pulsing beeps", "train of beeps", "beeping pattern", "sequence of repeated beeps"),
+        "warbling tone": ("warbling tone", "wobbling pitch", "vibrato tone", "tone that wavers up and down"),
+    },
+}
+CAPTION_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "image": {
+        "train": (
+            "a {color} {shape}", "a {color} {shape} on a dark background", "a picture of a {color} {shape}",
+            "an image of a {color} {shape}", "a {shape} coloured {color}", "a single {color} {shape}",
+            "one {color} {shape} on a plain dark backdrop", "a {shape} in {color}",
+            "a {color} {shape} against black", "a drawing of a {color} {shape}",
+            "{color}, and shaped like a {shape}", "the shape is a {shape} and it is {color}",
+        ),
+        "heldout": (
+            "a {shape} filled with {color}", "a lone {color} {shape} in the dark",
+            "a simple graphic: a {color} {shape}", "{color} is the colour of this {shape}",
+            "a photo showing a {color} {shape}",
+        ),
+    },
+    "video": {
+        "train": (
+            "a {color} {shape} moving {direction}", "a {color} {shape} sliding {direction}",
+            "a video of a {color} {shape} going {direction}", "a {shape} coloured {color} that moves {direction}",
+            "a {color} {shape} drifting {direction} across the frame", "a clip of a {color} {shape} travelling {direction}",
+            "a {color} {shape} glides {direction}", "{color} {shape}, moving {direction}",
+            "an animation of a {color} {shape} heading {direction}",
+            "a {color} {shape} on a dark background, moving {direction}",
+        ),
+        "heldout": (
+            "a {color} {shape} that keeps going {direction}", "footage of a {shape} in {color} shifting {direction}",
+            "watch the {color} {shape} travel {direction}", "a {color} {shape} making its way {direction}",
+        ),
+    },
+    "audio": {
+        "train": (
+            "a {kind}", "the sound of a {kind}", "a {length} {kind}", "audio of a {kind}",
+            "a recording of a {length} {kind}", "you can hear a {kind}", "a clip with a {kind}",
+            "just a {kind}", "a {length} clip of a {kind}", "a synthetic {kind}",
+        ),
+        "heldout": (
+            "this audio contains a {kind}", "listen: a {length} {kind}", "a sound clip featuring a {kind}",
+            "one {length} {kind}",
+        ),
+    },
+    "depth": {
+        "train": (
+            "a depth map of a {shape} {distance}", "a disparity map: a {shape} {distance}", "a {shape} {distance}",
+            "depth of a {shape} {distance}", "a {shape} sitting {distance}", "a depth image showing a {shape} {distance}",
+        ),
+        "heldout": (
+            "the depth of a {shape} placed {distance}", "a {shape} seen {distance}, as disparity",
+            "disparity for a {shape} {distance}",
+        ),
+    },
+}
+
+
+# ---------------------------------------------------------------- specs
+class _Spec:
+    modality: ClassVar[str]
+
+    def labels(self) -> dict[str, str]:
+        """The categorical attributes (`LABELS`): what the caption names and the probe should find."""
+        return {k: getattr(self, k) for k in LABELS[self.modality]}
+
+
+@dataclass(frozen=True)
+class ImageSpec(_Spec):
+    """A shape on a plain dark background. Positions and sizes are fractions of the canvas side."""
+    modality: ClassVar[str] = "image"
+    shape: str
+    color: str
+    rgb: tuple[int, int, int]  # the palette colour with a little jitter
+    cx: float
+    cy: float
+    size: float  # side of the shape's (square) bounding box
+    background: int  # grey level
+    canvas: int = 64
+
+
+@dataclass(frozen=True)
+class AudioSpec(_Spec):
+    """One sound. Fields a kind does not use are 0: f1 is for sweeps, rate/depth for warbles, rate/duty for beeps."""
+    modality: ClassVar[str] = "audio"
+    kind: str
+    length: str  # "short" | "long", the band `duration` was drawn from
+    duration: float  # seconds
+    amplitude: float  # peak
+    f0: float  # Hz: the tone, the sweep's start, the warble's centre
+    f1: float  # Hz: the sweep's end
+    rate: float  # warble cycles or beeps per second
+    duty: float  # fraction of each beep period that sounds
+    depth: float  # warble depth, semitones either side
+    fade: float  # seconds of fade-in and fade-out
+    noise_seed: int  # makes the noise burst a pure function of the spec
+    sample_rate: int = SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class VideoSpec(_Spec):
+    """A shape moving at constant speed in a straight line, from (x0, y0) by `travel` along `direction`."""
+    modality: ClassVar[str] = "video"
+    shape: str
+    color: str
+    direction: str
+    rgb: tuple[int, int, int]
+    x0: float
+    y0: float
+    travel: float
+    size: float
+    background: int
+    frames: int = 8
+    fps: int = 8
+    canvas: int = 64
+
+
+@dataclass(frozen=True)
+class DepthSpec(_Spec):
+    """A shape at one disparity (near = high) on a zero background."""
+    modality: ClassVar[str] = "depth"
+    shape: str
+    distance: str
+    disparity: float
+    cx: float
+    cy: float
+    size: float
+    canvas: int = 64
+
+
+Spec = Union[ImageSpec, AudioSpec, VideoSpec, DepthSpec]
+
+
+# ---------------------------------------------------------------- sampling
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+def _pick_labels(rng: np.random.Generator, modality: str, split: str, fixed: dict[str, str | None]) -> dict[str, str]:
+    """Draw the categorical attributes: a pair allowed in `split` (uniform), then the rest uniformly."""
+    _check_split(split)
+    values = VALUES[modality]
+    for key, value in fixed.items():
+        if value is not None and value not in values[key]:
+            raise ValueError(f"unknown {modality} {key} {value!r}; expected one of {values[key]}")
+    a, b = HELDOUT_KEYS[modality]
+    pairs = [(x, y) for x in values[a] for y in values[b]
+             if ((x, y) in HELDOUT[modality]) == (split == "heldout")
+             and fixed.get(a) in (None, x) and fixed.get(b) in (None, y)]
+    if not pairs:
+        raise ValueError(f"no {modality} in split {split!r} has {a}={fixed.get(a)!r}, {b}={fixed.get(b)!r}")
+    labels = dict(zip((a, b), pairs[rng.integers(len(pairs))]))
+    for key in LABELS[modality]:
+        if key not in labels:
+            labels[key] = fixed.get(key) or values[key][rng.integers(len(values[key]))]
+    return labels
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float, digits: int = 4) -> float:
+    """A uniform draw, rounded so the manifest shows exactly the value that was rendered."""
+    return round(float(rng.uniform(lo, hi)), digits)
+
+
+def _jitter(rng: np.random.Generator, color: str) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[color])
+
+
+def _place(rng: np.random.Generator, size: float, margin: float = 0.04) -> tuple[float, float]:
+    """A centre that keeps the whole shape, and a margin, inside the canvas (the probes read the border as background)."""
+    lo, hi = size / 2 + margin, 1 - size / 2 - margin
+    return _u(rng, lo, hi), _u(rng, lo, hi)
+
+
+def sample_image(rng: np.random.Generator, split: str = "train", *, canvas: int = 64,
+                 shape: str | None = None, color: str | None = None) -> ImageSpec:
+    labels = _pick_labels(rng, "image", split, {"shape": shape, "color": color})
+    size = _u(rng, 0.25, 0.6)
+    cx, cy = _place(rng, size)
+    return ImageSpec(labels["shape"], labels["color"], _jitter(rng, labels["color"]), cx, cy, size,
+                     int(rng.integers(0, 41)), canvas)
+
+
+def sample_audio(rng: np.random.Generator, split: str = "train", *, sample_rate: int = SAMPLE_RATE,
+                 kind: str | None = None, length: str | None = None) -> AudioSpec:
+    labels = _pick_labels(rng, "audio", split, {"kind": kind, "length": length})
+    kind, length = labels["kind"], labels["length"]
+    duration = _u(rng, *LENGTHS[length], digits=3)
+    f0 = f1 = rate = duty = depth = 0.0
+    if kind in PITCH_BANDS:
+        lo, hi = PITCH_BANDS[kind]
+        f0 = round(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), 1)
+    elif kind in ("rising sweep", "falling sweep"):
+        f0, f1 = _u(rng, 250, 500, 1), _u(rng, 1800, 3600, 1)
+        if kind == "falling sweep":
+            f0, f1 = f1, f0
+    elif kind == "warbling tone":
+        f0, rate, depth = _u(rng, 500, 1400, 1), _u(rng, 4, 8, 2), _u(rng, 1.5, 3.0, 2)
+    elif kind == "pulsing beeps":
+        f0, rate, duty = _u(rng, 600, 1500, 1), _u(rng, 3, 7, 2), _u(rng, 0.4, 0.6, 2)
+    return AudioSpec(kind, length, duration, _u(rng, 0.3, 0.8, 3), f0, f1, rate, duty, depth,
+                     _u(rng, 0.01, 0.03, 3), int(rng.integers(2**31)), sample_rate)
+
+
+def sample_video(rng: np.random.Generator, split: str = "train", *, canvas: int = 64, frames: int = 8,
+                 shape: str | None = None, color: str | None = None, direction: str | None = None) -> VideoSpec:
+    if canvas % 2 or frames < 2:
+        raise ValueError(f"video needs an even canvas and at least 2 frames, got {canvas}, {frames}")
+    labels = _pick_labels(rng, "video", split, {"shape": shape, "color": color, "direction": direction})
+    size, margin = _u(rng, 0.2, 0.35), 0.04
+    room = 1 - size - 2 * margin  # how far the centre can move along one axis
+    travel = _u(rng, 0.3, min(0.55, room))
+    along = _u(rng, size / 2 + margin, size / 2 + margin + room - travel)  # start, as if moving right/down
+    across = _u(rng, size / 2 + margin, 1 - size / 2 - margin)
+    if labels["direction"] in ("left", "up"):
+        along = round(1 - along, 4)
+    x0, y0 = (along, across) if labels["direction"] in ("left", "right") else (across, along)
+    return VideoSpec(labels["shape"], labels["color"], labels["direction"], _jitter(rng, labels["color"]),
+                     x0, y0, travel, size, int(rng.integers(0, 41)), frames, 8, canvas)
+
+
+def sample_depth(rng: np.random.Generator, split: str = "train", *, canvas: int = 64,
+                 shape: str | None = None, distance: str | None = None) -> DepthSpec:
+    labels = _pick_labels(rng, "depth", split, {"shape": shape, "distance": distance})
+    size = _u(rng, 0.3, 0.6) if labels["distance"] == "near" else _u(rng, 0.2, 0.45)  # near things look bigger
+    cx, cy = _place(rng, size)
+    return DepthSpec(labels["shape"], labels["distance"], _u(rng, *DISPARITY[labels["distance"]]), cx, cy, size, canvas)
+
+
+def sample(modality: str, rng: np.random.Generator, split: str = "train", **kwargs) -> Spec:
+    """`sample_<modality>(rng, split, **kwargs)`."""
+    samplers = {"image": sample_image, "audio": sample_audio, "video": sample_video, "depth": sample_depth}
+    if modality not in samplers:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    return samplers[modality](rng, split, **kwargs)
+
+
+# ---------------------------------------------------------------- rendering
+def shape_coverage(shape: str, cx: float, cy: float, size: float, canvas: int, supersample: int = 4) -> np.ndarray:
+    """Fraction of each pixel the shape covers, float32 [canvas, canvas] (supersampled, so edges are anti-aliased).
+
+    Every shape fills a square bounding box of side `size` centred on (cx, cy); the triangle points up.
+    """
+    n = canvas * supersample
+    c = (np.arange(n, dtype=np.float64) + 0.5) / n
+    x, y = c[None, :], c[:, None]
+    half = size / 2
+    if shape == "circle":
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= half ** 2
+    elif shape == "square":
+        inside = (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half)
+    elif shape == "triangle":
+        inside = (y <= cy + half) & (np.abs(x - cx) <= (y - (cy - half)) / 2)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    return inside.reshape(canvas, supersample, canvas, supersample).mean(axis=(1, 3)).astype(np.float32)
+
+
+def _paint(coverage: np.ndarray, rgb: tuple[int, int, int], background: int) -> np.ndarray:
+    a = coverage[..., None]
+    out = background * (1 - a) + np.asarray(rgb, np.float32) * a
+    return np.round(out).astype(np.uint8)
+
+
+def render_image(spec: ImageSpec) -> np.ndarray:
+    """uint8 [H, W, 3]."""
+    return _paint(shape_coverage(spec.shape, spec.cx, spec.cy, spec.size, spec.canvas), spec.rgb, spec.background)
+
+
+def render_video(spec: VideoSpec) -> np.ndarray:
+    """uint8 [F, H, W, 3]: the shape's centre moves by travel * i / (F - 1) along the direction."""
+    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[spec.direction]
+    frames = []
+    for i in range(spec.frames):
+        step = spec.travel * i / (spec.frames - 1)
+        cov = shape_coverage(spec.shape, spec.x0 + dx * step, spec.y0 + dy * step, spec.size, spec.canvas)
+        frames.append(_paint(cov, spec.rgb, spec.background))
+    return np.stack(frames)
+
+
+def render_depth(spec: DepthSpec) -> np.ndarray:
+    """float32 [H, W] disparity in [0, 1]."""
+    return shape_coverage(spec.shape, spec.cx, spec.cy, spec.size, spec.canvas) * np.float32(spec.disparity)
+
+
+def render_audio(spec: AudioSpec) -> np.ndarray:
+    """float32 [T] mono in [-1, 1] at spec.sample_rate."""
+    sr, d = spec.sample_rate, spec.duration
+    t = np.arange(int(round(d * sr))) / sr
+    if spec.kind == "noise burst":
+        x = np.random.default_rng(spec.noise_seed).standard_normal(len(t))
+        x /= np.abs(x).max()
+    else:
+        if spec.kind in ("rising sweep", "falling sweep"):
+            freq = spec.f0 * (spec.f1 / spec.f0) ** (t / d)  # exponential: constant octaves per second
+        elif spec.kind == "warbling tone":
+            freq = spec.f0 * 2 ** (spec.depth / 12 * np.sin(2 * np.pi * spec.rate * t))
+        else:
+            freq = np.full_like(t, spec.f0)
+        x = np.sin(2 * np.pi * np.cumsum(freq) / sr)
+    if spec.kind == "pulsing beeps":
+        # n beeps, the first starting at 0 and the last ending at d, each with 5 ms ramps (no clicks)
+        n = max(3, int(round(spec.rate * d)))
+        period = d / (n - 1 + spec.duty)
+        on = spec.duty * period
+        tm = t % period
+        x = x * np.clip(np.minimum(tm, on - tm) / 0.005, 0, 1)
+    env = np.clip(np.minimum(t, d - t) / spec.fade, 0, 1)
+    return (spec.amplitude * env * x).astype(np.float32)
+
+
+def spec_from_attributes(modality: str, attributes: dict) -> Spec:
+    """The spec a manifest line's `attributes` came from (JSON turned tuples into lists), e.g. to re-render it."""
+    classes = {"image": ImageSpec, "audio": AudioSpec, "video": VideoSpec, "depth": DepthSpec}
+    return classes[modality](**{k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items()})
+
+
+def render(spec: Spec) -> np.ndarray:
+    """The spec's array: image uint8 [H,W,3], audio float32 [T], video uint8 [F,H,W,3], depth float32 [H,W]."""
+    renderers = {ImageSpec: render_image, AudioSpec: render_audio, VideoSpec: render_video, DepthSpec: render_depth}
+    return renderers[type(spec)](spec)
+
+
+def caption(spec: Spec, rng: np.random.Generator, split: str = "train") -> str:
+    """A description of the spec, worded by a template of the split (heldout wordings never occur in train)."""
+    _check_split(split)
+    templates = CAPTION_TEMPLATES[spec.modality][split]
+    template = templates[rng.integers(len(templates))]
+    words = {}
+    for key, value in spec.labels().items():  # draw for every slot, used or not, so rng use is fixed
+        choices = PHRASES.get(key, {}).get(value, (value,))
+        words[key] = choices[rng.integers(len(choices))]
+    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", template.format(**words))
+
+
+# ---------------------------------------------------------------- files
+def save_image(path: str | Path, rgb: np.ndarray) -> None:
+    Image.fromarray(rgb, "RGB").save(path)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """uint8 [H, W, 3]."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    sf.write(str(path), wave, sample_rate, subtype="PCM_16")
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """(float32 [T] mono, sample rate); stereo files are averaged."""
+    wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return wave.mean(axis=1), sr
+
+
+def save_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
+    """H.264 yuv420p MP4, like real video data (lossy: the probes are tested on the decoded frames)."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def load_video(path: str | Path) -> np.ndarray:
+    """uint8 [F, H, W, 3]."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def save_depth(path: str | Path, disparity: np.ndarray) -> None:
+    """16-bit grayscale PNG; 0 → 0, 1 → 65535."""
+    Image.fromarray(np.round(np.clip(disparity, 0, 1) * 65535).astype(np.uint16)).save(path)
+
+
+def load_depth(path: str | Path) -> np.ndarray:
+    """float32 [H, W] in [0, 1], from a 16-bit or 8-bit grayscale PNG."""
+    with Image.open(path) as im:
+        a = np.asarray(im)
+    if a.ndim == 3:
+        a = a[..., :3].mean(axis=-1) if a.dtype == np.uint8 else a[..., 0]
+    scale = 255.0 if a.dtype == np.uint8 else 65535.0
+    return (a.astype(np.float32) / scale).clip(0, 1)
+
+
+def load(modality: str, path: str | Path) -> np.ndarray:
+    """The array a file holds, as `render` gives it (audio: the samples only; use load_audio for the rate)."""
+    if modality == "audio":
+        return load_audio(path)[0]
+    loaders = {"image": load_image, "video": load_video, "depth": load_depth}
+    if modality not in loaders:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    return loaders[modality](path)
+
+
+_FILES = {"image": ("images", ".png"), "audio": ("audio", ".wav"), "video": ("video", ".mp4"), "depth": ("depth", ".png")}
+
+
+def _save(spec: Spec, data: np.ndarray, path: Path) -> None:
+    if isinstance(spec, ImageSpec):
+        save_image(path, data)
+    elif isinstance(spec, AudioSpec):
+        save_audio(path, data, spec.sample_rate)
+    elif isinstance(spec, VideoSpec):
+        save_video(path, data, spec.fps)
+    else:
+        save_depth(path, data)
+
+
+def example_rng(seed: int, split: str, modality: str, index: int) -> np.random.Generator:
+    """The generator for one example: independent of how many others are made, so a bigger set extends a smaller one."""
+    return np.random.default_rng([seed, SPLITS.index(split), MODALITIES.index(modality), index])
+
+
+def make_dataset(out_dir: str | Path, *, n_per_modality: dict[str, int] | int, seed: int, split: str = "train",
+                 image_size: int = 64, video_frames: int = 8, sample_rate: int = SAMPLE_RATE,
+                 overwrite: bool = False) -> Path:
+    """Write a toy-world dataset folder and return its manifest path.
+
+    Layout: images/*.png, audio/*.wav (16-bit PCM), video/*.mp4 (H.264), depth/*.png (16-bit),
+    manifest.jsonl (one example a line, paths relative to the folder) and dataset.json (version,
+    seed, split, counts). A folder that already holds a manifest is refused unless `overwrite`
+    (which also deletes the media files an earlier run wrote there, so none are left unlisted).
+    """
+    _check_split(split)
+    counts = dict.fromkeys(MODALITIES, n_per_modality) if isinstance(n_per_modality, int) else dict(n_per_modality)
+    unknown = set(counts) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; expected some of {MODALITIES}")
+    if any(not isinstance(n, int) or n < 0 for n in counts.values()):
+        raise ValueError(f"counts must be non-negative integers, got {counts}")
+    out = Path(out_dir)
+    manifest = out / "manifest.jsonl"
+    if manifest.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a dataset; pass overwrite=True to replace it")
+    for folder, ext in _FILES.values():
+        for old in (out / folder).glob(f"[0-9][0-9][0-9][0-9][0-9][0-9]{ext}"):
+            old.unlink()
+    options = {"image": {"canvas": image_size}, "audio": {"sample_rate": sample_rate},
+               "video": {"canvas": image_size, "frames": video_frames}, "depth": {"canvas": image_size}}
+    lines = []
+    for modality in MODALITIES:
+        n = counts.get(modality, 0)
+        if n == 0:
+            continue
+        folder, ext = _FILES[modality]
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            rng = example_rng(seed, split, modality, i)
+            spec = sample(modality, rng, split, **options[modality])
+            rel = f"{folder}/{i:06d}{ext}"
+            _save(spec, render(spec), out / rel)
+            lines.append({"id": f"{modality}-{i:06d}", "modality": modality, "path": rel,
+                          "caption": caption(spec, rng, split), "attributes": asdict(spec),
+                          "split": split, "seed": seed})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    info = {"generator": "anygpt.toyworld", "version": GENERATOR_VERSION, "seed": seed, "split": split,
+            "counts": {m: counts.get(m, 0) for m in MODALITIES}, "image_size": image_size,
+            "video_frames": video_frames, "sample_rate": sample_rate,
+            "heldout": {m: {"keys": list(HELDOUT_KEYS[m]), "combos": sorted(map(list, HELDOUT[m]))} for m in MODALITIES}}
+    (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+    return manifest
+
+
+# ---------------------------------------------------------------- manifests
+KNOWN_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
+
+
+class ManifestError(InputError):
+    """A manifest line that cannot be used; the message names the file and line number."""
+
+
+def read_manifest(path: str | Path, *, check_files: bool = False) -> list[dict]:
+    """Examples of a JSONL manifest; each needs `modality`, `path` and `caption` (other keys are kept).
+
+    A relative `path` is resolved against the manifest's folder, so the returned paths can be opened
+    from anywhere. Blank lines are skipped; with `check_files` a missing file is an error too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    examples, ids = [], {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        for key in ("modality", "path", "caption"):
+            if not isinstance(record.get(key), str) or not record[key]:
+                raise ManifestError(f"{where}: {key!r} must be a non-empty string")
+        if record["modality"] not in KNOWN_MODALITIES:
+            raise ManifestError(f"{where}: unknown modality {record['modality']!r}; expected one of {KNOWN_MODALITIES}")
+        if "attributes" in record and not isinstance(record["attributes"], dict):
+            raise ManifestError(f"{where}: 'attributes' must be an object")
+        if "id" in record:
+            if record["id"] in ids:
+                raise ManifestError(f"{where}: id {record['id']!r} already used on line {ids[record['id']]}")
+            ids[record["id"]] = number
+        record["path"] = str((path.parent / record["path"]).resolve())
+        if check_files and not Path(record["path"]).is_file():
+            raise ManifestError(f"{where}: file {record['path']} does not exist")
+        examples.append(record)
+    if not examples:
+        raise ManifestError(f"{path}: the manifest has no examples")
+    return examples
+
+
+def toyworld_main(out: str | Path, n: int = 100, seed: int = 0, split: str = "train") -> Path:
+    """The `anygpt toyworld` command: write `n` examples of each modality to `out`; prints and returns the manifest."""
+    manifest = make_dataset(out, n_per_modality=n, seed=seed, split=split)
+    print(f"wrote {n} examples per modality ({', '.join(MODALITIES)}), split {split!r}, seed {seed}: {manifest}")
+    return manifest

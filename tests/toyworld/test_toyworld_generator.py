@@ -1,0 +1,232 @@
+"""The toy-world generator: determinism, captions that match content, the held-out split, manifests."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from anygpt import toyworld as tw
+from anygpt.errors import InputError
+from anygpt.eval.probes import probe_text
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _specs(modality: str, split: str, n: int, seed: int = 0):
+    """n (spec, caption) pairs, drawn as make_dataset draws them."""
+    out = []
+    for i in range(n):
+        rng = tw.example_rng(seed, split, modality, i)
+        spec = tw.sample(modality, rng, split)
+        out.append((spec, tw.caption(spec, rng, split)))
+    return out
+
+
+# ---------------------------------------------------------------- determinism
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = tw.make_dataset(tmp_path / "a", n_per_modality=3, seed=5)
+    b = tw.make_dataset(tmp_path / "b", n_per_modality=3, seed=5)
+    files_a, files_b = _files(a.parent), _files(b.parent)
+    assert len(files_a) == 4 * 3 + 2
+    assert files_a == files_b
+
+
+def test_different_seed_or_split_gives_different_data(tmp_path):
+    a = tw.make_dataset(tmp_path / "a", n_per_modality=3, seed=5)
+    b = tw.make_dataset(tmp_path / "b", n_per_modality=3, seed=6)
+    c = tw.make_dataset(tmp_path / "c", n_per_modality=3, seed=5, split="heldout")
+    fa, fb, fc = _files(a.parent), _files(b.parent), _files(c.parent)
+    for modality_file in ("images/000000.png", "audio/000000.wav", "video/000000.mp4", "depth/000000.png"):
+        assert fa[modality_file] != fb[modality_file] and fa[modality_file] != fc[modality_file]
+
+
+def test_render_is_a_pure_function_of_the_spec():
+    for modality in tw.MODALITIES:
+        spec = tw.sample(modality, np.random.default_rng(1))
+        assert spec == tw.sample(modality, np.random.default_rng(1))
+        np.testing.assert_array_equal(tw.render(spec), tw.render(spec))
+
+
+def test_a_bigger_dataset_extends_a_smaller_one(tmp_path):
+    small = tw.read_manifest(tw.make_dataset(tmp_path / "s", n_per_modality={"image": 2, "audio": 2}, seed=3))
+    big = tw.read_manifest(tw.make_dataset(tmp_path / "b", n_per_modality={"image": 4, "audio": 3}, seed=3))
+    strip = lambda r: {k: v for k, v in r.items() if k != "path"}
+    by_id = {r["id"]: strip(r) for r in big}
+    assert all(by_id[r["id"]] == strip(r) for r in small)
+
+
+# ---------------------------------------------------------------- files and manifest
+def test_manifest_and_files(tmp_path):
+    manifest = tw.make_dataset(tmp_path / "d", n_per_modality={"image": 2, "audio": 2, "video": 2, "depth": 2}, seed=9)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [line["id"] for line in lines[:2]] == ["image-000000", "image-000001"]
+    for line in lines:
+        assert set(line) == {"id", "modality", "path", "caption", "attributes", "split", "seed"}
+        assert not Path(line["path"]).is_absolute() and (manifest.parent / line["path"]).is_file()
+        assert line["split"] == "train" and line["seed"] == 9
+        for key in tw.LABELS[line["modality"]]:
+            assert key in line["attributes"]
+    info = json.loads((manifest.parent / "dataset.json").read_text())
+    assert info["version"] == tw.GENERATOR_VERSION and info["seed"] == 9 and info["split"] == "train"
+    assert info["counts"] == {"image": 2, "audio": 2, "video": 2, "depth": 2}
+
+    records = {r["modality"]: r for r in tw.read_manifest(manifest, check_files=True)}
+    # each file holds what the spec in its attributes renders (video: up to H.264 loss)
+    rebuild = lambda r: tw.render(tw.spec_from_attributes(r["modality"], r["attributes"]))
+    image = records["image"]
+    np.testing.assert_array_equal(tw.load_image(image["path"]), rebuild(image))
+    wave, sr = tw.load_audio(records["audio"]["path"])
+    assert sr == 16000 and sf.info(records["audio"]["path"]).subtype == "PCM_16"
+    np.testing.assert_allclose(wave, rebuild(records["audio"]), atol=1 / 32000)
+    depth = tw.load_depth(records["depth"]["path"])
+    assert Image.open(records["depth"]["path"]).mode.startswith("I")  # 16-bit
+    np.testing.assert_allclose(depth, rebuild(records["depth"]), atol=1e-4)
+    with av.open(records["video"]["path"]) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+    frames = tw.load_video(records["video"]["path"])
+    expected = rebuild(records["video"])
+    assert frames.shape == expected.shape == (8, 64, 64, 3)
+    assert np.abs(frames.astype(int) - expected).mean() < 4  # lossy, but close
+
+
+def test_make_dataset_options_and_refusals(tmp_path):
+    m = tw.make_dataset(tmp_path / "d", n_per_modality={"video": 1, "image": 1}, seed=0, image_size=32, video_frames=12)
+    records = tw.read_manifest(m)
+    assert [r["modality"] for r in records] == ["image", "video"]
+    assert tw.load_image(records[0]["path"]).shape == (32, 32, 3)
+    assert tw.load_video(records[1]["path"]).shape == (12, 32, 32, 3)
+    with pytest.raises(FileExistsError):
+        tw.make_dataset(tmp_path / "d", n_per_modality=1, seed=0)
+    tw.make_dataset(tmp_path / "d", n_per_modality={"image": 3}, seed=0, overwrite=True)
+    tw.make_dataset(tmp_path / "d", n_per_modality={"image": 1}, seed=0, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "d").rglob("*.*")) == ["000000.png", "dataset.json", "manifest.jsonl"]
+    with pytest.raises(ValueError, match="unknown modalities"):
+        tw.make_dataset(tmp_path / "e", n_per_modality={"smell": 1}, seed=0)
+    with pytest.raises(ValueError, match="unknown split"):
+        tw.make_dataset(tmp_path / "e", n_per_modality=1, seed=0, split="test")
+
+
+def test_toyworld_main(tmp_path, capsys):
+    manifest = tw.toyworld_main(tmp_path / "w", n=2, seed=1, split="heldout")
+    assert len(tw.read_manifest(manifest)) == 8 and "heldout" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"modality": "image", "path": "a.png"}', "'caption' must be a non-empty string"),
+    ('{"modality": "image", "path": "", "caption": "x"}', "'path' must be a non-empty string"),
+    ('{"modality": "smell", "path": "a.png", "caption": "x"}', "unknown modality 'smell'"),
+    ('{"modality": "image", "path": "a.png", "caption": "x", "attributes": [1]}', "'attributes' must be an object"),
+    ('{"id": "a", "modality": "image", "path": "a.png", "caption": "x"}', "id 'a' already used on line 1"),
+])
+def test_read_manifest_names_the_bad_line(tmp_path, line, message):
+    good = '{"id": "a", "modality": "image", "path": "a.png", "caption": "a red circle"}'
+    path = tmp_path / "manifest.jsonl"
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(tw.ManifestError, match=rf"line 3: .*{re.escape(message)}") as info:
+        tw.read_manifest(path)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, InputError)
+
+
+def test_read_manifest_resolves_paths_and_checks_files(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"modality": "audio", "path": "clips/a.wav", "caption": "a hum"}\n')
+    (record,) = tw.read_manifest(path)  # a plain real-data line: no id, no attributes
+    assert record["path"] == str((tmp_path / "clips/a.wav").resolve())
+    with pytest.raises(tw.ManifestError, match="line 1: file .* does not exist"):
+        tw.read_manifest(path, check_files=True)
+    path.write_text("\n")
+    with pytest.raises(tw.ManifestError, match="no examples"):
+        tw.read_manifest(path)
+    with pytest.raises(tw.ManifestError, match="no such manifest"):
+        tw.read_manifest(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------- captions and splits
+@pytest.mark.parametrize("split", tw.SPLITS)
+@pytest.mark.parametrize("modality", tw.MODALITIES)
+def test_caption_names_the_attributes(modality, split):
+    for spec, text in _specs(modality, split, 150):
+        named = probe_text(text, modality)
+        for key, value in spec.labels().items():
+            if key == "length":  # audio captions mention the length only sometimes
+                assert named[key] in (None, value), text
+            else:
+                assert named[key] == value, text
+
+
+def _template_pattern(template: str, modality: str) -> re.Pattern:
+    """A regex matching exactly the captions a template can produce."""
+    values = {**{k: v for k, v in tw.VALUES[modality].items()},
+              **{k: [p for ps in tw.PHRASES[k].values() for p in ps] for k in tw.PHRASES}}
+    pattern = re.escape(template)
+    pattern = re.sub(r"\\{(\w+)\\}", lambda m: "(?:" + "|".join(map(re.escape, values[m.group(1)])) + ")", pattern)
+    return re.compile("^" + re.sub(r"\b([Aa])\\ ", r"\1n?\\ ", pattern) + "$")
+
+
+@pytest.mark.parametrize("modality", tw.MODALITIES)
+def test_heldout_wording_never_occurs_in_train(modality):
+    templates = tw.CAPTION_TEMPLATES[modality]
+    assert not set(templates["train"]) & set(templates["heldout"])
+    assert len(templates["train"]) >= 6 and len(templates["heldout"]) >= 3
+    patterns = {s: [_template_pattern(t, modality) for t in templates[s]] for s in tw.SPLITS}
+    for split, other in (("train", "heldout"), ("heldout", "train")):
+        captions = [text for _, text in _specs(modality, split, 200)]
+        assert all(any(p.match(c) for p in patterns[split]) for c in captions)
+        assert not any(p.match(c) for p in patterns[other] for c in captions)
+        assert {t for c in captions for t, p in zip(templates[split], patterns[split]) if p.match(c)} == set(templates[split])  # every wording occurs
+
+
+@pytest.mark.parametrize("modality", tw.MODALITIES)
+def test_heldout_combinations_never_occur_in_train(modality):
+    a, b = tw.HELDOUT_KEYS[modality]
+    seen = {split: {(s.labels()[a], s.labels()[b]) for s, _ in _specs(modality, split, 300)} for split in tw.SPLITS}
+    assert seen["heldout"] == set(tw.HELDOUT[modality])
+    assert not seen["train"] & tw.HELDOUT[modality]
+    # every single value still occurs in train: only the pairings are new
+    values = tw.VALUES[modality]
+    assert {x for x, _ in seen["train"]} == set(values[a]) and {y for _, y in seen["train"]} == set(values[b])
+
+
+def test_sample_with_fixed_attributes():
+    rng = np.random.default_rng(0)
+    spec = tw.sample_image(rng, shape="square", color="red")
+    assert (spec.shape, spec.color) == ("square", "red")
+    assert tw.sample_video(rng, "heldout", color="red").direction == "up"
+    with pytest.raises(ValueError, match="no image in split 'train'"):
+        tw.sample_image(rng, "train", color="red", shape="triangle")
+    with pytest.raises(ValueError, match="unknown image color 'teal'"):
+        tw.sample_image(rng, color="teal")
+
+
+def test_world_is_as_specified():
+    assert len(tw.SHAPES) >= 3 and len(tw.COLORS) >= 6 and len(tw.AUDIO_KINDS) >= 8
+    for modality in ("audio",):
+        for spec, _ in _specs(modality, "train", 50):
+            wave = tw.render(spec)
+            assert wave.dtype == np.float32 and 1.0 <= len(wave) / 16000 <= 2.0 and np.abs(wave).max() <= 1.0
+    for spec, _ in _specs("video", "train", 20):
+        frames = tw.render(spec)
+        assert frames.shape == (8, 64, 64, 3) and frames.dtype == np.uint8
+    depth = tw.render(tw.sample_depth(np.random.default_rng(0)))
+    assert depth.dtype == np.float32 and depth.min() == 0 and depth.max() <= 1
+
+
+def test_generator_and_probes_import_no_model_code():
+    code = ("import sys, anygpt.toyworld, anygpt.eval.probes; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'diffusers', 'encoders', "
+            "'decoders', 'imagebind') or m in ('anygpt.model', 'anygpt.pipeline', 'anygpt.llm')]; print(bad); assert not bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
