@@ -1,0 +1,49 @@
+"""Video decoder: TextToVideoSD (ModelScope / ZeroScope v2: 77×1024 conditioning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
+
+from decoders import _tiny
+from decoders.base import Conditioning, Decoder, DecoderError, is_int, text_conditioning
+from decoders.media import VideoArtifact, to_uint8
+
+DEFAULT_FRAMES = 16  # the pipeline's own default
+MAX_FRAMES = 64
+DEFAULT_FPS = 8  # ZeroScope's clips are 8 fps
+
+
+class VideoDecoder(Decoder):
+    modality = "video"
+    pipeline_class = TextToVideoSDPipeline
+    # The pipeline steps all frames of a batch as one scheduler batch, so a per-artifact generator
+    # list cannot feed a scheduler that draws fresh noise each step (euler_a): deterministic ones only.
+    scheduler_names = ("ddim", "pndm", "lms", "euler", "dpm++", "unipc")
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return text_conditioning(self.pipeline)
+
+    def _size_kwargs(self, num_frames: int = DEFAULT_FRAMES, height: int | None = None, width: int | None = None,
+                     fps: int = DEFAULT_FPS) -> tuple[dict, dict]:
+        if not is_int(num_frames) or not 1 <= num_frames <= MAX_FRAMES:
+            raise DecoderError(f"num_frames must be an int from 1 to {MAX_FRAMES}, got {num_frames!r}")
+        if not is_int(fps) or not 1 <= fps <= 60:
+            raise DecoderError(f"fps must be an int from 1 to 60, got {fps!r}")
+        size = {"num_frames": int(num_frames),
+                "height": self._check_side("height", height),
+                "width": self._check_side("width", width)}
+        return size, {**size, "fps": int(fps)}
+
+    def _artifacts(self, output: Any, metas: list[dict]) -> list[VideoArtifact]:
+        return [VideoArtifact(to_uint8(frames), meta["fps"], meta) for frames, meta in zip(output.frames, metas)]
+
+    @classmethod
+    def _tiny_pipeline(cls, dim: int = 32, tokens: int = 77, size: int = 64, channels: tuple[int, ...] = (32, 64),
+                       vae_channels: tuple[int, ...] = (16, 32, 32, 32)) -> TextToVideoSDPipeline:
+        """77×`dim` conditioning; `size`×`size` frames from (size/8)² latents (ZeroScope's VAE scale) by default."""
+        components = _tiny.latent_diffusion(UNet3DConditionModel, "3D", dim=dim, tokens=tokens, size=size,
+                                            channels=channels, vae_channels=vae_channels)
+        return TextToVideoSDPipeline(**components)
