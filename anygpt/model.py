@@ -100,20 +100,21 @@ class AnyGPTModel(nn.Module):
         self.reserved = [MEDIA_TOKEN] + [t for toks in self.signal.tokens.values() for t in toks]
 
     # -- 1. prompt ----------------------------------------------------------------------------
-    def render(self, turns: list[Turn]) -> str:
+    def render(self, turns: list[Turn], add_generation_prompt: bool = True) -> str:
         """The conversation as the LLM sees it: its chat template, one placeholder per media item."""
         messages = []
         if self.config.llm.system_prompt:
             messages.append({"role": "system", "content": self.config.llm.system_prompt})
         for turn in turns:
-            if turn.role == "user":
+            if turn.role == "user":  # signal tokens belong to the assistant; the placeholder to us
                 for token in self.reserved:
                     if token in turn.text:
                         raise InputError(f"the prompt contains the reserved token {token!r}")
             wraps = [self.config.media_wrap[m] for m, _ in turn.media]
             media = "".join(f"{before}{MEDIA_TOKEN}{after}\n" for before, after in wraps)
             messages.append({"role": turn.role, "content": media + turn.text})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                  tokenize=False)
 
     # -- 2. encode and splice -----------------------------------------------------------------
     def encode_media(self, media: list[tuple[str, Any]]) -> torch.Tensor:
@@ -176,6 +177,10 @@ class AnyGPTModel(nn.Module):
                 if ids[start:start + n] == list(sig):
                     runs.append(SignalRun(m, list(range(start, start + n))))
         return sorted(runs, key=lambda r: r.positions[0])
+
+    def signal_string(self, modality: str) -> str:
+        """A modality's run of signal tokens as text, as the assistant writes it after its words."""
+        return "".join(self.signal.tokens[modality])
 
     def reply_text(self, ids: list[int]) -> str:
         """The reply with signal tokens (and other special tokens) removed."""

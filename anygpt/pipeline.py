@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from decoders import DECODERS, Decoder, DecoderError
 from encoders import ImageBindConfig, ImageBindEncoder, MediaError
 
-from anygpt.config import INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, EncoderSettings, preset
+from anygpt.config import (INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, DecoderSettings, EncoderSettings,
+                           preset)
 from anygpt.errors import ConfigError, InputError
 from anygpt.llm import load_llm
 from anygpt.model import AnyGPTModel, Turn
@@ -64,6 +65,21 @@ def build_encoder(settings: EncoderSettings) -> ImageBindEncoder:
     if settings.kind == "huge":
         raise ConfigError("encoder kind 'huge' needs a checkpoint path (imagebind_huge.pth)")
     return ImageBindEncoder.tiny(seed=settings.seed)
+
+
+def build_decoder(modality: str, settings: DecoderSettings, device: str = "cpu") -> Decoder:
+    """A decoder from its local diffusers folder, or (no path) the tiny one built in code; its
+    conditioning must match what the config (and so the output projector) says."""
+    cls = DECODERS[modality]
+    if settings.path:
+        dec = cls.from_pretrained(settings.path, torch_dtype=_DTYPES[settings.dtype], device=device,
+                                  cpu_offload=device == "cuda", model_id=settings.model_id)
+    else:
+        dec = cls.tiny(seed=settings.seed)
+    if tuple(dec.conditioning.shape) != tuple(settings.conditioning):
+        raise ConfigError(f"{modality} decoder takes conditioning {tuple(dec.conditioning.shape)} but the "
+                          f"config (and its output projector) says {tuple(settings.conditioning)}")
+    return dec
 
 
 class AnyGPT:
@@ -110,23 +126,13 @@ class AnyGPT:
         metadata = {"signal_tokens": json.dumps(self.model.signal.tokens), "base_vocab": str(self.model.base_vocab)}
         save_file(self.model.trainable_state(), folder / WEIGHTS_FILE, metadata=metadata)
         if self.config.lora.enabled:
-            self.model.llm.save_pretrained(folder / "lora")
+            self.model.llm.save_pretrained(folder / "lora", save_embedding_layers=False)
 
     # -- decoders -----------------------------------------------------------------------------
     def decoder(self, modality: str) -> Decoder:
         """The decoder of an output modality, loaded on first use."""
         if modality not in self._decoders:
-            settings = self.config.decoders[modality]
-            cls = DECODERS[modality]
-            if settings.path:
-                dec = cls.from_pretrained(settings.path, torch_dtype=_DTYPES[settings.dtype], device=self.device,
-                                          cpu_offload=self.device == "cuda")
-            else:
-                dec = cls.tiny(seed=settings.seed)
-            if tuple(dec.conditioning.shape) != tuple(settings.conditioning):
-                raise ConfigError(f"{modality} decoder takes conditioning {tuple(dec.conditioning.shape)} but the "
-                                  f"config (and its output projector) says {tuple(settings.conditioning)}")
-            self._decoders[modality] = dec
+            self._decoders[modality] = build_decoder(modality, self.config.decoders[modality], self.device)
         return self._decoders[modality]
 
     @property

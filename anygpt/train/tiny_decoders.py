@@ -1,0 +1,142 @@
+"""Train the tiny diffusion decoders on the toy world (real diffusers classes, CPU-sized).
+
+Latent diffusion as Stable Diffusion does it, scaled down:
+1. a KL autoencoder (64x64 RGB <-> 16x16x4 latents), shared by the image and video decoders
+   (ZeroScope, too, decodes frame by frame with an image VAE);
+2. the image decoder: UNet2DConditionModel + its small CLIP text encoder, trained together
+   with the epsilon-prediction loss, captions dropped 10% of the time for guidance;
+3. the video decoder: UNet3DConditionModel on the frame latents, the same way;
+4. the audio decoder: a mel-spectrogram VAE, a UNet conditioned on the CLAP text projection,
+   and a HiFi-GAN vocoder trained on a multi-resolution spectral loss.
+Each writes a diffusers folder that `decoders.*Decoder.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from anygpt import toyworld as tw
+from anygpt.train.loop import LoopSettings, console, train
+from decoders import ImageDecoder, VideoDecoder
+
+CAPTION_DROPOUT = 0.1
+
+
+def load_rows(data: str | Path, modality: str, limit: int | None = None) -> list[dict]:
+    rows = [r for r in tw.read_manifest(data, check_files=True) if r["modality"] == modality]
+    return rows[:limit] if limit else rows
+
+
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1
+    return x.movedim(-1, -3)
+
+
+# -- 1. the autoencoder ----------------------------------------------------------------------------
+def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, out: Path, *, steps: int, batch_size: int, seed: int,
+              max_steps: int | None = None) -> dict:
+    """Reconstruction (L1 + MSE) with a light KL term, then set `scaling_factor` so latents have unit std."""
+    def batch_fn(step: int) -> torch.Tensor:
+        idx = np.random.default_rng([seed, step]).choice(len(pixels), batch_size, replace=False)
+        return pixels[torch.from_numpy(idx)]
+
+    def loss_fn(x: torch.Tensor):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        return rec + 1e-3 * kl, {"rec": rec.item()}
+
+    vae.requires_grad_(True)
+    summary = train("vae", vae, batch_fn, loss_fn, out / "vae-run",
+                    LoopSettings(steps=steps, lr=2e-3, warmup=50, save_every=200, seed=seed, max_steps=max_steps))
+    vae.requires_grad_(False).eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, min(len(pixels), 2048), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return summary
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] -> scaled latents [N, 4, h, w] (posterior means)."""
+    return torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) \
+        * vae.config.scaling_factor
+
+
+# -- 2/3. a text-conditioned UNet (image or video) -------------------------------------------------
+def train_text_unet(name: str, pipeline, latents: torch.Tensor, captions: list[str], out: Path, *, steps: int,
+                    batch_size: int, seed: int, lr: float = 1e-3, max_steps: int | None = None) -> dict:
+    """Epsilon-prediction training of `pipeline.unet` and `pipeline.text_encoder` together.
+
+    `latents` are [N, C, h, w] for images and [N, C, F, h, w] for video (the UNet3D layout).
+    """
+    tokenizer, text_encoder, unet = pipeline.tokenizer, pipeline.text_encoder, pipeline.unet
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                      return_tensors="pt").input_ids
+    parts = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).requires_grad_(True)
+
+    def batch_fn(step: int):
+        rng = np.random.default_rng([seed, step])
+        idx = torch.from_numpy(rng.choice(len(latents), batch_size, replace=False))
+        ids = tokens[idx].clone()
+        ids[torch.from_numpy(rng.random(batch_size) < CAPTION_DROPOUT)] = empty[0]
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(latents[idx].shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        return latents[idx], ids, noise, t
+
+    def loss_fn(batch):
+        x0, ids, noise, t = batch
+        cond = text_encoder(ids)[0]
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        return F.mse_loss(pred, noise), {}
+
+    summary = train(name, parts, batch_fn, loss_fn, out / f"{name}-run",
+                    LoopSettings(steps=steps, lr=lr, warmup=100, save_every=200, seed=seed, max_steps=max_steps))
+    parts.requires_grad_(False).eval()
+    return summary
+
+
+def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: int = 1500,
+                               image_steps: int = 3000, video_steps: int = 2000, batch_size: int = 32,
+                               video_batch_size: int = 8, seed: int = 0, max_steps: int | None = None) -> dict:
+    """Train the shared VAE, then the image and the video decoders; writes out/image and out/video."""
+    out = Path(out)
+    image_rows, video_rows = load_rows(data, "image"), load_rows(data, "video")
+    console.print(f"loading {len(image_rows)} images and {len(video_rows)} videos")
+    images = to_pixels(np.stack([tw.load_image(r["path"]) for r in image_rows]))
+    videos = to_pixels(np.stack([tw.load_video(r["path"]) for r in video_rows]))  # [N, F, 3, H, W]
+    image_dec = ImageDecoder.tiny(seed=seed)
+    # The video decoder shares the image VAE (16x16 latents for 64x64 frames).
+    video_dec = VideoDecoder.tiny(seed=seed, vae_channels=tuple(image_dec.pipeline.vae.config.block_out_channels))
+    summaries = {}
+
+    vae = image_dec.pipeline.vae
+    frames = videos[:, ::2].flatten(0, 1)  # every other frame: enough variety, half the cost
+    summaries["vae"] = train_vae(vae, torch.cat([images, frames]), out, steps=vae_steps, batch_size=batch_size,
+                                 seed=seed, max_steps=max_steps)
+    video_dec.pipeline.vae.load_state_dict(vae.state_dict())
+    video_dec.pipeline.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
+
+    summaries["image"] = train_text_unet("image-unet", image_dec.pipeline, encode_latents(vae, images),
+                                         [r["caption"] for r in image_rows], out, steps=image_steps,
+                                         batch_size=batch_size, seed=seed, max_steps=max_steps)
+    image_dec.save_pretrained(out / "image")
+
+    n, f = videos.shape[:2]
+    video_latents = encode_latents(vae, videos.flatten(0, 1)).unflatten(0, (n, f)).movedim(1, 2)  # [N, C, F, h, w]
+    summaries["video"] = train_text_unet("video-unet", video_dec.pipeline, video_latents,
+                                         [r["caption"] for r in video_rows], out, steps=video_steps,
+                                         batch_size=video_batch_size, seed=seed, max_steps=max_steps)
+    video_dec.save_pretrained(out / "video")
+    return summaries

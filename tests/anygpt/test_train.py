@@ -1,0 +1,90 @@
+"""Training commands: a few steps each on tiny data and a tiny backbone built in code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from anygpt import AnyGPT, toyworld
+from anygpt.config import AnyGPTConfig, EncoderSettings, LLMConfig, ProjectorSettings, tiny_preset
+from anygpt.dialogs import make_dialogs, read_dialogs
+from anygpt.train.stages import tokenize_sample, stage3_samples, train_stage
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    manifest = toyworld.make_dataset(d, n_per_modality=6, seed=0)
+    make_dialogs(manifest, 12, seed=0)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone_config(tiny, tmp_path_factory):
+    """A 2-layer Llama with SmolLM2's tokenizer, saved as an HF folder: the stages run on any backbone."""
+    folder = tmp_path_factory.mktemp("llm")
+    tokenizer = tiny.model.tokenizer.__class__.from_pretrained(tiny.model.tokenizer.name_or_path)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                       max_position_embeddings=512, tie_word_embeddings=True,
+                                       eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    base = tiny_preset()
+    return AnyGPTConfig(name="test-backbone", llm=LLMConfig(path=str(folder)), encoder=EncoderSettings(kind="tiny"),
+                        decoders=base.decoders, signal_tokens={"image": 2, "audio": 2, "video": 2},
+                        projector=ProjectorSettings(d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
+                                                    feedforward=64))
+
+
+def test_dialogs_render_with_signal_tokens_and_masked_labels(tiny, toy_data):
+    dialogs = read_dialogs(toy_data / "dialogs.jsonl")
+    samples = stage3_samples(tiny.model, dialogs)
+    made = [s for s in samples if s.outputs]
+    assert made, "the instruction set asks for outputs"
+    ids, labels = tokenize_sample(tiny.model, made[0])
+    runs = tiny.model.find_runs(ids.tolist())
+    assert [r.modality for r in runs] == [m for m, _ in made[0].outputs]
+    learned = labels[labels != -100].tolist()
+    for r in runs:  # signal tokens are learned, the user's words are not
+        assert all(ids[p].item() in learned for p in r.positions)
+    user_text = tiny.model.tokenizer(made[0].turns[0].text, add_special_tokens=False).input_ids
+    assert not set(user_text) <= set(learned)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_runs_loss_falls_and_resumes(tiny_backbone_config, toy_data, tmp_path, stage):
+    data = toy_data / ("dialogs.jsonl" if stage == 3 else "manifest.jsonl")
+    kwargs = dict(config=tiny_backbone_config, steps=12, batch_size=2, lr=3e-3, limit=2, seed=0)
+    first = train_stage(stage, data, tmp_path, max_steps=6, **kwargs)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 6
+    second = train_stage(stage, data, tmp_path, **kwargs)
+    assert second["resumed_from"] == 6 and second["steps"] == 12
+    assert second["final_loss"] < first["first_loss"]
+    model = AnyGPT.from_pretrained(tmp_path / "model")
+    assert model.trained and (stage < 3 or model.config.lora.enabled)
+    saved = load_file(tmp_path / "model" / "anygpt.safetensors")
+    assert saved["signal_rows.input"].shape[0] == 6 + 1  # 2 per modality + the media placeholder
+
+
+def test_tiny_encoder_training_smoke(toy_data, tmp_path):
+    from anygpt.train.tiny_encoder import train_tiny_encoder
+
+    summary = train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path, steps=2, batch_size=4, per_modality=6)
+    assert summary["steps"] == 2 and (tmp_path / "encoder" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_decoder_training_smoke(toy_data, tmp_path):
+    from anygpt.train.tiny_decoders import train_tiny_image_and_video
+    from decoders import ImageDecoder, VideoDecoder
+
+    train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path, vae_steps=2, image_steps=2, video_steps=2,
+                               batch_size=4, video_batch_size=2)
+    assert ImageDecoder.from_pretrained(tmp_path / "image").conditioning.shape == (77, 32)
+    assert VideoDecoder.from_pretrained(tmp_path / "video").conditioning.shape == (77, 32)
