@@ -181,5 +181,19 @@ def train_tiny_decoders_cmd(
                                max_steps=max_steps)
 
 
+@train_app.command("tiny-audio")
+def train_tiny_audio_cmd(
+    data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, audio/).")],
+    vae_steps: int = 600, vocoder_steps: int = 1500, unet_steps: int = 2500, batch_size: int = 16, seed: int = 0,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
+) -> None:
+    """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, CLAP-conditioned UNet."""
+    from anygpt.train.tiny_decoders import train_tiny_audio
+
+    train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
+                     batch_size=batch_size, seed=seed, max_steps=max_steps)
+
+
 if __name__ == "__main__":
     app()

@@ -140,3 +140,115 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
                                          batch_size=video_batch_size, seed=seed, max_steps=max_steps)
     video_dec.save_pretrained(out / "video")
     return summaries
+
+
+# -- 4. the audio decoder ------------------------------------------------------------------------
+AUDIO_SECONDS = 2.0  # every toy clip fits; shorter ones are padded with silence
+MEL_BINS = 32
+
+
+class LogMel(torch.nn.Module):
+    """The spectrogram the tiny AudioLDM works in: AudioLDM's STFT (1024/160 at 16 kHz), log-compressed
+    and scaled to about [-1, 1]. The VAE encodes it, the vocoder inverts it."""
+
+    def __init__(self, mel_bins: int = MEL_BINS, sample_rate: int = tw.SAMPLE_RATE):
+        super().__init__()
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=1024, hop_length=160,
+                                                        n_mels=mel_bins, f_min=0.0, f_max=sample_rate / 2,
+                                                        power=1.0, center=True)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B, S // 160, mel_bins]
+        frames = wave.shape[-1] // 160
+        return ((torch.log(self.mel(wave).clamp(min=1e-5)) + 5.0) / 5.0)[..., :frames].transpose(-1, -2)
+
+
+def _stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT loss (spectral convergence + log magnitude), as HiFi-GAN fine-tuning uses."""
+    loss = 0.0
+    for n_fft, hop in ((256, 64), (512, 128), (1024, 256)):
+        window = torch.hann_window(n_fft)
+        p = torch.stft(pred, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-6)
+        t = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-6)
+        loss = loss + torch.linalg.norm(t - p) / torch.linalg.norm(t) + F.l1_loss(p.log(), t.log())
+    return loss / 3
+
+
+def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600, vocoder_steps: int = 1500,
+                     unet_steps: int = 2500, batch_size: int = 16, seed: int = 0, max_steps: int | None = None) -> dict:
+    """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, and the CLAP-conditioned UNet; writes out/audio."""
+    from decoders import AudioDecoder
+
+    out = Path(out)
+    rows = load_rows(data, "audio")
+    length = int(AUDIO_SECONDS * tw.SAMPLE_RATE)
+    waves = torch.zeros(len(rows), length)
+    for i, r in enumerate(rows):
+        wave, sr = tw.load_audio(r["path"])
+        if sr != tw.SAMPLE_RATE:
+            raise ValueError(f"{r['path']}: expected {tw.SAMPLE_RATE} Hz audio, got {sr}")
+        waves[i, :min(length, len(wave))] = torch.from_numpy(wave[:length])
+    dec = AudioDecoder.tiny(seed=seed, mel_bins=MEL_BINS, seconds=AUDIO_SECONDS, vae_channels=(16, 32, 32))
+    pipe, to_mel = dec.pipeline, LogMel(MEL_BINS)
+    with torch.no_grad():
+        mels = torch.cat([to_mel(waves[i:i + 256]) for i in range(0, len(waves), 256)])  # [N, T, M]
+    summaries = {"vae": train_vae(pipe.vae, mels[:, None], out / "audio-vae", steps=vae_steps,
+                                  batch_size=batch_size, seed=seed, max_steps=max_steps)}
+
+    # The vocoder learns mel -> waveform on random 0.32 s windows.
+    vocoder, frames = pipe.vocoder, 32
+
+    def vocoder_batch(step: int):
+        rng = np.random.default_rng([seed, step])
+        idx = rng.choice(len(waves), batch_size, replace=False)
+        start = rng.integers(0, mels.shape[1] - frames, size=batch_size)
+        mel = torch.stack([mels[i, s:s + frames] for i, s in zip(idx, start)])
+        wave = torch.stack([waves[i, s * 160:(s + frames) * 160] for i, s in zip(idx, start)])
+        return mel, wave
+
+    def vocoder_loss(batch):
+        mel, wave = batch
+        pred = vocoder(mel)
+        spec = _stft_loss(pred, wave)
+        mel_l1 = F.l1_loss(to_mel(pred), to_mel(wave))
+        return spec + mel_l1, {"stft": spec.item(), "mel": mel_l1.item()}
+
+    vocoder.requires_grad_(True)
+    summaries["vocoder"] = train("vocoder", vocoder, vocoder_batch, vocoder_loss, out / "audio-vocoder",
+                                 LoopSettings(steps=vocoder_steps, lr=2e-3, warmup=50, save_every=200, seed=seed,
+                                              max_steps=max_steps))
+    vocoder.requires_grad_(False).eval()
+
+    # The UNet reads the CLAP text projection (L2-normalised, as AudioLDM computes it) as a class embedding.
+    latents = encode_latents(pipe.vae, mels[:, None])
+    tokenizer, text_encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
+    tokens = tokenizer([r["caption"] for r in rows], padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    parts = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).requires_grad_(True)
+
+    def unet_batch(step: int):
+        rng = np.random.default_rng([seed, step])
+        idx = torch.from_numpy(rng.choice(len(latents), batch_size, replace=False))
+        ids, mask = tokens.input_ids[idx].clone(), tokens.attention_mask[idx].clone()
+        drop = torch.from_numpy(rng.random(batch_size) < CAPTION_DROPOUT)
+        ids[drop], mask[drop] = empty.input_ids[0], empty.attention_mask[0]
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(latents[idx].shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        return latents[idx], ids, mask, noise, t
+
+    def unet_loss(batch):
+        x0, ids, mask, noise, t = batch
+        cond = F.normalize(text_encoder(ids, attention_mask=mask).text_embeds, dim=-1)
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=None, class_labels=cond).sample
+        return F.mse_loss(pred, noise), {}
+
+    summaries["unet"] = train("audio-unet", parts, unet_batch, unet_loss, out / "audio-unet",
+                              LoopSettings(steps=unet_steps, lr=1e-3, warmup=100, save_every=200, seed=seed,
+                                           max_steps=max_steps))
+    parts.requires_grad_(False).eval()
+    dec.save_pretrained(out / "audio")
+    return summaries
