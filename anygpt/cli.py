@@ -88,12 +88,16 @@ def toyworld(
     n: Annotated[int, typer.Option(help="Examples per modality.")] = 100,
     seed: int = 0,
     split: Annotated[str, typer.Option(help="train or heldout.")] = "train",
+    dialogs: Annotated[int, typer.Option(help="Also write this many instruction dialogs (dialogs.jsonl).")] = 0,
 ) -> None:
     """Write a synthetic toy-world dataset (images, audio, video, depth + manifest.jsonl)."""
+    from anygpt.dialogs import make_dialogs
     from anygpt.toyworld import toyworld_main
 
     try:
-        toyworld_main(out, n=n, seed=seed, split=split)
+        manifest = toyworld_main(out, n=n, seed=seed, split=split)
+        if dialogs:
+            print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split)}")
     except (ValueError, FileExistsError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
@@ -193,6 +197,37 @@ def train_tiny_audio_cmd(
 
     train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
                      batch_size=batch_size, seed=seed, max_steps=max_steps)
+
+
+def _stage_command(stage: int):
+    def command(
+        data: Annotated[Path, typer.Option(help="Manifest (stages 1-2) or dialogs.jsonl (stage 3).")],
+        out: Annotated[Path, typer.Option(help="Run folder (checkpoint/, model/).")],
+        config: Annotated[Optional[Path], typer.Option(help="Config file; default: --preset.")] = None,
+        preset: str = "tiny",
+        init: Annotated[Optional[Path], typer.Option(help="Start from a save_pretrained folder (the previous stage's model/).")] = None,
+        steps: int = 300, batch_size: int = 8, lr: float = 1e-3, grad_accum: int = 1, seed: int = 0,
+        max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
+    ) -> None:
+        from anygpt.config import AnyGPTConfig, preset as get_preset
+        from anygpt.train.stages import train_stage
+
+        try:
+            cfg = None if init else (AnyGPTConfig.load(config) if config else get_preset(preset))
+            train_stage(stage, data, out, config=cfg, init=init, steps=steps, batch_size=batch_size, lr=lr,
+                        grad_accum=grad_accum, seed=seed, max_steps=max_steps)
+        except (AnyGPTError, ValueError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2)
+
+    command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
+                       2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",
+                       3: "Stage 3, instruction tuning on dialogs: LoRA, projectors and signal rows."}[stage]
+    return command
+
+
+for _stage in (1, 2, 3):
+    train_app.command(f"stage{_stage}")(_stage_command(_stage))
 
 
 if __name__ == "__main__":

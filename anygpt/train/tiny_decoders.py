@@ -109,8 +109,12 @@ def train_text_unet(name: str, pipeline, latents: torch.Tensor, captions: list[s
 
 def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: int = 1500,
                                image_steps: int = 3000, video_steps: int = 2000, batch_size: int = 32,
-                               video_batch_size: int = 8, seed: int = 0, max_steps: int | None = None) -> dict:
-    """Train the shared VAE, then the image and the video decoders; writes out/image and out/video."""
+                               video_batch_size: int = 8, seed: int = 0, max_steps: int | None = None,
+                               parts: tuple[str, ...] = ("image", "video")) -> dict:
+    """Train the shared VAE, then the image and/or the video decoder; writes out/image and out/video.
+
+    The VAE run resumes from its checkpoint, so two processes can train `parts=("image",)` and
+    `parts=("video",)` side by side once it has finished."""
     out = Path(out)
     image_rows, video_rows = load_rows(data, "image"), load_rows(data, "video")
     console.print(f"loading {len(image_rows)} images and {len(video_rows)} videos")
@@ -128,10 +132,13 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     video_dec.pipeline.vae.load_state_dict(vae.state_dict())
     video_dec.pipeline.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
 
-    summaries["image"] = train_text_unet("image-unet", image_dec.pipeline, encode_latents(vae, images),
-                                         [r["caption"] for r in image_rows], out, steps=image_steps,
-                                         batch_size=batch_size, seed=seed, max_steps=max_steps)
-    image_dec.save_pretrained(out / "image")
+    if "image" in parts:
+        summaries["image"] = train_text_unet("image-unet", image_dec.pipeline, encode_latents(vae, images),
+                                             [r["caption"] for r in image_rows], out, steps=image_steps,
+                                             batch_size=batch_size, seed=seed, max_steps=max_steps)
+        image_dec.save_pretrained(out / "image")
+    if "video" not in parts:
+        return summaries
 
     n, f = videos.shape[:2]
     video_latents = encode_latents(vae, videos.flatten(0, 1)).unflatten(0, (n, f)).movedim(1, 2)  # [N, C, F, h, w]
