@@ -88,14 +88,21 @@ def toyworld(
     n: Annotated[int, typer.Option(help="Examples per modality.")] = 100,
     seed: int = 0,
     split: Annotated[str, typer.Option(help="train or heldout.")] = "train",
+    counts: Annotated[Optional[str], typer.Option(help="Per-modality counts, e.g. image=3000,audio=1500 "
+                                                       "(overrides --n).")] = None,
     dialogs: Annotated[int, typer.Option(help="Also write this many instruction dialogs (dialogs.jsonl).")] = 0,
 ) -> None:
     """Write a synthetic toy-world dataset (images, audio, video, depth + manifest.jsonl)."""
     from anygpt.dialogs import make_dialogs
-    from anygpt.toyworld import toyworld_main
+    from anygpt.toyworld import make_dataset, toyworld_main
 
     try:
-        manifest = toyworld_main(out, n=n, seed=seed, split=split)
+        if counts:
+            pairs = [c.split("=") for c in counts.split(",")]
+            manifest = make_dataset(out, n_per_modality={m: int(k) for m, k in pairs}, seed=seed, split=split)
+            print(f"wrote {counts}, split {split!r}, seed {seed}: {manifest}")
+        else:
+            manifest = toyworld_main(out, n=n, seed=seed, split=split)
         if dialogs:
             print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split)}")
     except (ValueError, FileExistsError) as e:
@@ -197,6 +204,21 @@ def train_tiny_audio_cmd(
 
     train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
                      batch_size=batch_size, seed=seed, max_steps=max_steps)
+
+
+@train_app.command("export-tiny")
+def export_tiny_cmd(
+    part: Annotated[str, typer.Argument(help="encoder, image, video or audio.")],
+    source: Annotated[Path, typer.Option(help="The trained folder (e.g. data/runs/decoders/image).")],
+    data: Annotated[Path, typer.Option(help="The dataset folder it was trained on (its dataset.json is recorded).")],
+    command: Annotated[list[str], typer.Option(help="A command that made it (repeat: data, then training).")],
+    out: Annotated[Optional[Path], typer.Option(help="Default: the package's weights/tiny.")] = None,
+) -> None:
+    """Ship a trained tiny part: copy it into the package in float16 and record how it was made."""
+    from anygpt.train.export import default_out, export_part
+
+    record = export_part(part, source, out or default_out(), commands=command, data=data)
+    print(f"exported {part}: {len(record['files'])} files")
 
 
 def _stage_command(stage: int):

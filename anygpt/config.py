@@ -22,6 +22,21 @@ INPUT_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
 OUTPUT_MODALITIES = ("image", "audio", "video")
 
 
+WEIGHTS_PREFIX = "anygpt:"  # paths inside the package's own weights folder, portable across machines
+
+
+def weights_dir() -> Path:
+    """The trained weights that ship inside the package (anygpt/weights/)."""
+    return Path(__file__).parent / "weights"
+
+
+def resolve_path(path: str) -> Path:
+    """A config path: `anygpt:tiny/image` names the package's shipped weights, anything else is a local path."""
+    if path.startswith(WEIGHTS_PREFIX):
+        return weights_dir() / path[len(WEIGHTS_PREFIX):]
+    return Path(path).expanduser()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 

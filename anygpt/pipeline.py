@@ -26,7 +26,7 @@ from decoders import DECODERS, Decoder, DecoderError
 from encoders import ImageBindConfig, ImageBindEncoder, MediaError
 
 from anygpt.config import (INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, DecoderSettings, EncoderSettings,
-                           preset)
+                           preset, resolve_path)
 from anygpt.errors import ConfigError, InputError
 from anygpt.llm import load_llm
 from anygpt.model import AnyGPTModel, Turn
@@ -57,9 +57,9 @@ class ChatOptions(BaseModel):
 def build_encoder(settings: EncoderSettings) -> ImageBindEncoder:
     """ImageBind from an official .pth, a saved folder, or (tiny, no checkpoint) built in code."""
     if settings.checkpoint:
-        path = Path(settings.checkpoint)
-        if path.is_dir():
-            return ImageBindEncoder.from_pretrained(path)
+        path = resolve_path(settings.checkpoint)
+        if path.is_dir():  # shipped weights may be stored in half precision; compute in float32 on CPU
+            return ImageBindEncoder.from_pretrained(path, dtype=torch.float32)
         config = ImageBindConfig.huge() if settings.kind == "huge" else ImageBindConfig.tiny()
         return ImageBindEncoder.from_checkpoint(path, config)
     if settings.kind == "huge":
@@ -72,7 +72,7 @@ def build_decoder(modality: str, settings: DecoderSettings, device: str = "cpu")
     conditioning must match what the config (and so the output projector) says."""
     cls = DECODERS[modality]
     if settings.path:
-        dec = cls.from_pretrained(settings.path, torch_dtype=_DTYPES[settings.dtype], device=device,
+        dec = cls.from_pretrained(resolve_path(settings.path), torch_dtype=_DTYPES[settings.dtype], device=device,
                                   cpu_offload=device == "cuda", model_id=settings.model_id)
     else:
         dec = cls.tiny(seed=settings.seed)

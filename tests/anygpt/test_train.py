@@ -88,3 +88,26 @@ def test_tiny_decoder_training_smoke(toy_data, tmp_path):
                                batch_size=4, video_batch_size=2)
     assert ImageDecoder.from_pretrained(tmp_path / "image").conditioning.shape == (77, 32)
     assert VideoDecoder.from_pretrained(tmp_path / "video").conditioning.shape == (77, 32)
+
+
+def test_export_writes_half_precision_parts_with_their_recipe(toy_data, tmp_path):
+    from anygpt.config import resolve_path, weights_dir
+    from anygpt.train.export import export_part
+    from decoders import ImageDecoder
+    from encoders import ImageBindEncoder
+
+    ImageBindEncoder.tiny(seed=3).save_pretrained(tmp_path / "run-encoder")
+    ImageDecoder.tiny(seed=3).save_pretrained(tmp_path / "run-image")
+    out = tmp_path / "weights"
+    for part in ("encoder", "image"):
+        export_part(part, tmp_path / f"run-{part}", out, commands=[f"anygpt train {part}"], data=toy_data)
+    record = json.loads((out / "weights.json").read_text())
+    assert set(record) == {"encoder", "image"} and record["image"]["data"]["seed"] == 0
+    assert all(len(h) == 64 for h in record["image"]["files"].values())
+    assert load_file(out / "encoder" / "model.safetensors")["modality_heads.vision.2.weight"].dtype \
+        == torch.float16
+    original = ImageBindEncoder.tiny(seed=3)
+    shipped = ImageBindEncoder.from_pretrained(out / "encoder", dtype=torch.float32)
+    image = (toy_data / "images" / "000000.png")
+    assert torch.allclose(original.encode("image", [image]), shipped.encode("image", [image]), atol=1e-2)
+    assert resolve_path("anygpt:tiny/image") == weights_dir() / "tiny" / "image"
