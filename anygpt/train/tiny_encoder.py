@@ -4,6 +4,11 @@ ImageBind binds each modality to images; the toy world has no photographs, so he
 modality is bound to the text of its caption instead (the text branch trains too). The
 loss is a symmetric InfoNCE with several positives: two items whose attributes are the
 same (two red circles) count as matches, so a batch never pushes apart equal things.
+
+Each item is also bound to one attribute at a time ("a red shape", "a circle", "a shape
+moving left"), with every item sharing that value as a positive. Whole captions alone let
+the model learn one point per seen combination, which fails on the held-out combinations;
+attribute views make the embedding compositional.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from encoders import ImageBindEncoder
 MODALITIES = ("image", "audio", "video", "depth")
 
 
+# One phrase per attribute value, for the attribute views.
+ATTRIBUTE_VIEWS = {
+    "image": {"color": "a {} shape", "shape": "a {}"},
+    "audio": {"kind": "a {}", "length": "a {} sound"},
+    "video": {"color": "a {} shape moving", "shape": "a moving {}", "direction": "a shape moving {}"},
+    "depth": {"shape": "a depth map of a {}", "distance": "a shape {}"},
+}
+
+
 @dataclass
 class Pool:
     """One modality's training items, preprocessed once (float16 to halve the memory)."""
@@ -29,6 +43,7 @@ class Pool:
     inputs: torch.Tensor
     tokens: torch.Tensor  # caption token ids [N, 77]
     labels: torch.Tensor  # attribute class per item [N]
+    views: dict[str, tuple[torch.Tensor, torch.Tensor]]  # attribute -> (phrase tokens [N, 77], value index [N])
 
 
 def label_of(example: dict) -> str:
@@ -50,8 +65,14 @@ def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: i
                 x = x[:, ::3]
             chunks.append(x.half())
         names = sorted({label_of(r) for r in rows})
+        views = {}
+        for key, phrase in ATTRIBUTE_VIEWS[m].items():
+            values = [str(r["attributes"][key]) for r in rows]
+            order = sorted(set(values))
+            views[key] = (encoder.tokenize([phrase.format(v) for v in values]),
+                          torch.tensor([order.index(v) for v in values]))
         pools[m] = Pool(torch.cat(chunks), encoder.tokenize([r["caption"] for r in rows]),
-                        torch.tensor([names.index(label_of(r)) for r in rows]))
+                        torch.tensor([names.index(label_of(r)) for r in rows]), views)
     return pools
 
 
@@ -64,7 +85,8 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
 
 
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
-                       per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None) -> dict:
+                       per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
+                       attribute_weight: float = 1.0) -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
@@ -75,11 +97,18 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
         batch = {}
         for m, pool in pools.items():
             idx = torch.from_numpy(rng.choice(len(pool.labels), size=min(batch_size, len(pool.labels)), replace=False))
-            batch[m] = (pool.inputs[idx].float(), pool.tokens[idx], pool.labels[idx])
+            views = {k: (t[idx], y[idx]) for k, (t, y) in pool.views.items()}
+            batch[m] = (pool.inputs[idx].float(), pool.tokens[idx], pool.labels[idx], views)
         return batch
 
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
-        losses = {m: contrastive_loss(encoder(m, x), encoder("text", t), y) for m, (x, t, y) in batch.items()}
+        losses = {}
+        for m, (x, tokens, labels, views) in batch.items():
+            media = encoder(m, x)
+            loss = contrastive_loss(media, encoder("text", tokens), labels)
+            for t, y in views.values():
+                loss = loss + attribute_weight * contrastive_loss(media, encoder("text", t), y) / len(views)
+            losses[m] = loss
         return sum(losses.values()) / len(losses), {m: v.item() for m, v in losses.items()}
 
     settings = LoopSettings(steps=steps, lr=lr, weight_decay=0.01, warmup=min(30, steps // 5 + 1),
