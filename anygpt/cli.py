@@ -118,6 +118,7 @@ def evaluate(
     n: Annotated[int, typer.Option(help="Held-out examples per modality.")] = 48,
     steps: Annotated[int, typer.Option(help="Diffusion steps for the decoder figures.")] = 25,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    grid: Annotated[Optional[Path], typer.Option(help="Also save sample grids: GRID-image.png, GRID-video.png.")] = None,
 ) -> None:
     """The held-out toy-world benchmark: retrieval recall@1 (encoder) or probe accuracy (decoders)."""
     import json
@@ -137,7 +138,11 @@ def evaluate(
             for m in ("image", "audio", "video"):
                 if m in cfg.decoders:
                     dec = build_decoder(m, cfg.decoders[m])
-                    results |= benchmark.eval_decoder(dec, m, n=n, steps=steps, **_sizes(cfg.decoders[m].size))
+                    kept: list = []
+                    results |= benchmark.eval_decoder(dec, m, n=n, steps=steps, keep=kept,
+                                                      **_sizes(cfg.decoders[m].size))
+                    if grid is not None and m in ("image", "video"):
+                        benchmark.sample_grid(kept[:16] if m == "image" else kept[:6], f"{grid}-{m}.png")
         else:
             raise typer.BadParameter(f"unknown part {part!r}; use encoder or decoders")
     except AnyGPTError as e:

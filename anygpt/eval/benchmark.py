@@ -62,9 +62,9 @@ DECODER_ATTRIBUTES = {"image": ("color", "shape"), "audio": ("kind",), "video": 
 
 @torch.no_grad()
 def eval_decoder(decoder, modality: str, n: int = 48, *, steps: int = 25, guidance: float = 4.0,
-                 batch: int = 16, conditioning=None, **size) -> dict[str, float]:
+                 batch: int = 16, conditioning=None, keep: list | None = None, **size) -> dict[str, float]:
     """Text -> media through the decoder's own text encoder (or the given `conditioning`, e.g. from
-    the LLM), judged by the model-free probes on held-out captions."""
+    the LLM), judged by the model-free probes on held-out captions. `keep` collects (caption, artifact)."""
     from anygpt.eval import probes
 
     examples = heldout_examples(modality, n)
@@ -74,6 +74,8 @@ def eval_decoder(decoder, modality: str, n: int = 48, *, steps: int = 25, guidan
     for i in range(0, n, batch):
         artifacts += decoder.decode(embeds[i:i + batch], seeds=list(range(i, min(i + batch, n))),
                                     num_inference_steps=steps, guidance_scale=guidance, **size)
+    if keep is not None:
+        keep += list(zip(captions, artifacts))
     hits = {a: [] for a in DECODER_ATTRIBUTES[modality]}
     for (spec, _, _), artifact in zip(examples, artifacts):
         if modality == "image":
@@ -85,3 +87,27 @@ def eval_decoder(decoder, modality: str, n: int = 48, *, steps: int = 25, guidan
         for a in hits:
             hits[a].append(found.get(a) == spec.labels()[a])
     return {f"text_to_{modality}_{a}": float(np.mean(v)) for a, v in hits.items()}
+
+
+def sample_grid(samples: list[tuple[str, object]], path, columns: int = 8, scale: int = 2) -> None:
+    """A PNG of generated images (one tile each) or videos (a row of frames each), captioned."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for caption, artifact in samples:
+        if hasattr(artifact, "frames"):
+            strip = np.concatenate(list(artifact.frames), axis=1)
+        else:
+            strip = np.asarray(artifact.image.convert("RGB"))
+        tile = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
+        canvas = Image.new("RGB", (tile.width, tile.height + 14), (255, 255, 255))
+        canvas.paste(tile, (0, 14))
+        ImageDraw.Draw(canvas).text((2, 1), caption[:tile.width // 6], fill=(0, 0, 0))
+        tiles.append(canvas)
+    cols = columns if not hasattr(samples[0][1], "frames") else 1
+    rows = (len(tiles) + cols - 1) // cols
+    w, h = tiles[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, ((i % cols) * w, (i // cols) * h))
+    grid.save(path)
