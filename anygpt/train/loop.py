@@ -39,6 +39,26 @@ class LoopSettings:
     log_every: int = 25  # plain log lines when stderr is not a terminal (CI, nohup)
     seed: int = 0
     max_steps: int | None = None  # stop early (smoke runs) without changing the schedule
+    device: str = "auto"  # "auto": CUDA when there is one, else CPU; the module comes back on the CPU
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU, where it is slower than float32)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" picks CUDA when one is visible; anything else is taken as a torch device name."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move the tensors of a batch (nested tuples, lists and dicts) to `device`; leave the rest."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 def _lr_factor(step: int, s: LoopSettings) -> float:
@@ -59,6 +79,9 @@ def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(settings.device)
+    module.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.amp and device.type == "cuda")
     params = {n: p for n, p in module.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=settings.weight_decay)
     start = _resume(out / "checkpoint", module, optimizer)
@@ -76,7 +99,8 @@ def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
                 group["lr"] = settings.lr * _lr_factor(step, settings)
             logs: dict[str, float] = {}
             for micro in range(settings.grad_accum):
-                loss, extra = loss_fn(batch_fn(step * settings.grad_accum + micro))
+                with autocast:
+                    loss, extra = loss_fn(to_device(batch_fn(step * settings.grad_accum + micro), device))
                 (loss / settings.grad_accum).backward()
                 logs = {"loss": loss.item(), **extra}
             torch.nn.utils.clip_grad_norm_(params.values(), settings.clip_grad)
@@ -91,8 +115,9 @@ def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
                 console.print(f"{name} step {step + 1}/{end} {info} elapsed {elapsed:.0f}s eta {eta:.0f}s")
             if (step + 1) % settings.save_every == 0 or step + 1 == end:
                 _save_checkpoint(out / "checkpoint", module, optimizer, step + 1)
-    module.eval()
+    module.eval().to("cpu")
     summary = {"name": name, "steps": end, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 1),
+               "device": str(device),
                "first_loss": history[0] if history else None,
                "final_loss": sum(history[-20:]) / len(history[-20:]) if history else None,
                "settings": asdict(settings)}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
 from anygpt import toyworld as tw
-from anygpt.train.loop import LoopSettings, console, train
+from anygpt.train.loop import LoopSettings, console, resolve_device, train
 from decoders import ImageDecoder, VideoDecoder
 
 CAPTION_DROPOUT = 0.1
@@ -40,7 +40,7 @@ def to_pixels(frames: np.ndarray) -> torch.Tensor:
 
 # -- 1. the autoencoder ----------------------------------------------------------------------------
 def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, out: Path, *, steps: int, batch_size: int, seed: int,
-              max_steps: int | None = None) -> dict:
+              max_steps: int | None = None, device: str = "auto") -> dict:
     """Reconstruction (L1 + MSE) with a light KL term, then set `scaling_factor` so latents have unit std."""
     def batch_fn(step: int) -> torch.Tensor:
         idx = np.random.default_rng([seed, step]).choice(len(pixels), batch_size, replace=False)
@@ -55,7 +55,8 @@ def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, out: Path, *, steps: int
 
     vae.requires_grad_(True)
     summary = train("vae", vae, batch_fn, loss_fn, out / "vae-run",
-                    LoopSettings(steps=steps, lr=2e-3, warmup=50, save_every=200, seed=seed, max_steps=max_steps))
+                    LoopSettings(steps=steps, lr=2e-3, warmup=50, save_every=200, seed=seed, max_steps=max_steps,
+                                 device=device))
     vae.requires_grad_(False).eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, min(len(pixels), 2048), 256)])
@@ -72,7 +73,8 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
 
 # -- 2/3. a text-conditioned UNet (image or video) -------------------------------------------------
 def train_text_unet(name: str, pipeline, latents: torch.Tensor, captions: list[str], out: Path, *, steps: int,
-                    batch_size: int, seed: int, lr: float = 1e-3, max_steps: int | None = None) -> dict:
+                    batch_size: int, seed: int, lr: float = 1e-3, max_steps: int | None = None,
+                    device: str = "auto") -> dict:
     """Epsilon-prediction training of `pipeline.unet` and `pipeline.text_encoder` together.
 
     `latents` are [N, C, h, w] for images and [N, C, F, h, w] for video (the UNet3D layout).
@@ -102,7 +104,8 @@ def train_text_unet(name: str, pipeline, latents: torch.Tensor, captions: list[s
         return F.mse_loss(pred, noise), {}
 
     summary = train(name, parts, batch_fn, loss_fn, out / f"{name}-run",
-                    LoopSettings(steps=steps, lr=lr, warmup=100, save_every=200, seed=seed, max_steps=max_steps))
+                    LoopSettings(steps=steps, lr=lr, warmup=100, save_every=200, seed=seed, max_steps=max_steps,
+                                 device=device))
     parts.requires_grad_(False).eval()
     return summary
 
@@ -110,7 +113,7 @@ def train_text_unet(name: str, pipeline, latents: torch.Tensor, captions: list[s
 def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: int = 1500,
                                image_steps: int = 3000, video_steps: int = 2000, batch_size: int = 32,
                                video_batch_size: int = 8, seed: int = 0, max_steps: int | None = None,
-                               parts: tuple[str, ...] = ("image", "video")) -> dict:
+                               parts: tuple[str, ...] = ("image", "video"), device: str = "auto") -> dict:
     """Train the shared VAE, then the image and/or the video decoder; writes out/image and out/video.
 
     The VAE run resumes from its checkpoint, so two processes can train `parts=("image",)` and
@@ -128,14 +131,14 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     vae = image_dec.pipeline.vae
     frames = videos[:, ::2].flatten(0, 1)  # every other frame: enough variety, half the cost
     summaries["vae"] = train_vae(vae, torch.cat([images, frames]), out, steps=vae_steps, batch_size=batch_size,
-                                 seed=seed, max_steps=max_steps)
+                                 seed=seed, max_steps=max_steps, device=device)
     video_dec.pipeline.vae.load_state_dict(vae.state_dict())
     video_dec.pipeline.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
 
     if "image" in parts:
         summaries["image"] = train_text_unet("image-unet", image_dec.pipeline, encode_latents(vae, images),
                                              [r["caption"] for r in image_rows], out, steps=image_steps,
-                                             batch_size=batch_size, seed=seed, max_steps=max_steps)
+                                             batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)
         image_dec.save_pretrained(out / "image")
     if "video" not in parts:
         return summaries
@@ -144,7 +147,7 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     video_latents = encode_latents(vae, videos.flatten(0, 1)).unflatten(0, (n, f)).movedim(1, 2)  # [N, C, F, h, w]
     summaries["video"] = train_text_unet("video-unet", video_dec.pipeline, video_latents,
                                          [r["caption"] for r in video_rows], out, steps=video_steps,
-                                         batch_size=video_batch_size, seed=seed, max_steps=max_steps)
+                                         batch_size=video_batch_size, seed=seed, max_steps=max_steps, device=device)
     video_dec.save_pretrained(out / "video")
     return summaries
 
@@ -175,7 +178,7 @@ def _stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Multi-resolution STFT loss (spectral convergence + log magnitude), as HiFi-GAN fine-tuning uses."""
     loss = 0.0
     for n_fft, hop in ((256, 64), (512, 128), (1024, 256)):
-        window = torch.hann_window(n_fft)
+        window = torch.hann_window(n_fft, device=pred.device)
         p = torch.stft(pred, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-6)
         t = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-6)
         loss = loss + torch.linalg.norm(t - p) / torch.linalg.norm(t) + F.l1_loss(p.log(), t.log())
@@ -183,7 +186,8 @@ def _stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600, vocoder_steps: int = 1500,
-                     unet_steps: int = 2500, batch_size: int = 16, seed: int = 0, max_steps: int | None = None) -> dict:
+                     unet_steps: int = 2500, batch_size: int = 16, seed: int = 0, max_steps: int | None = None,
+                     device: str = "auto") -> dict:
     """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, and the CLAP-conditioned UNet; writes out/audio."""
     from decoders import AudioDecoder
 
@@ -201,7 +205,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
     with torch.no_grad():
         mels = torch.cat([to_mel(waves[i:i + 256]) for i in range(0, len(waves), 256)])  # [N, T, M]
     summaries = {"vae": train_vae(pipe.vae, mels[:, None], out / "audio-vae", steps=vae_steps,
-                                  batch_size=batch_size, seed=seed, max_steps=max_steps)}
+                                  batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)}
 
     # The vocoder learns mel -> waveform on random 0.32 s windows.
     vocoder, frames = pipe.vocoder, 32
@@ -222,10 +226,12 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         return spec + mel_l1, {"stft": spec.item(), "mel": mel_l1.item()}
 
     vocoder.requires_grad_(True)
+    to_mel.to(resolve_device(device))
     summaries["vocoder"] = train("vocoder", vocoder, vocoder_batch, vocoder_loss, out / "audio-vocoder",
                                  LoopSettings(steps=vocoder_steps, lr=2e-3, warmup=50, save_every=200, seed=seed,
-                                              max_steps=max_steps))
+                                              max_steps=max_steps, device=device))
     vocoder.requires_grad_(False).eval()
+    to_mel.to("cpu")
 
     # The UNet reads the CLAP text projection (L2-normalised, as AudioLDM computes it) as a class embedding.
     latents = encode_latents(pipe.vae, mels[:, None])
@@ -255,7 +261,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
 
     summaries["unet"] = train("audio-unet", parts, unet_batch, unet_loss, out / "audio-unet",
                               LoopSettings(steps=unet_steps, lr=1e-3, warmup=100, save_every=200, seed=seed,
-                                           max_steps=max_steps))
+                                           max_steps=max_steps, device=device))
     parts.requires_grad_(False).eval()
     dec.save_pretrained(out / "audio")
     return summaries

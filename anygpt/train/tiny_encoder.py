@@ -86,7 +86,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
 
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
-                       attribute_weight: float = 1.0) -> dict:
+                       attribute_weight: float = 1.0, device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
@@ -112,7 +112,7 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
         return sum(losses.values()) / len(losses), {m: v.item() for m, v in losses.items()}
 
     settings = LoopSettings(steps=steps, lr=lr, weight_decay=0.01, warmup=min(30, steps // 5 + 1),
-                            save_every=50, seed=seed, max_steps=max_steps)
+                            save_every=50, seed=seed, max_steps=max_steps, device=device)
     summary = train("tiny-encoder", encoder, batch_fn, loss_fn, out, settings)
     encoder.save_pretrained(Path(out) / "encoder")
     return summary

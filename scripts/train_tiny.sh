@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Rebuild the tiny preset's trained senses from nothing: toy-world data, the tiny ImageBind and
+# the three tiny diffusion decoders, their export into anygpt/weights/tiny (float16, with this
+# recipe in weights.json), and the held-out eval of the result.
+#
+#   scripts/train_tiny.sh [WORKDIR]        # default WORKDIR: data/tiny
+#   PY=.venv/bin/python DEVICE=cuda scripts/train_tiny.sh /tmp/tiny
+#
+# EVAL=0 skips the final eval. Every step is seeded and resumable: re-running continues from
+# the last checkpoints. The parts
+# train side by side (encoder | VAE -> image | VAE -> video | audio), which suits one GPU; on a
+# 2-core CPU the whole recipe takes hours (see README).
+set -euo pipefail
+W=${1:-data/tiny}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-auto}
+EXTRA=${EXTRA:-}  # extra training flags, e.g. EXTRA="--max-steps 2" for a smoke run
+CLI="$PY -m anygpt.cli"
+DATA=$W/toy-train
+RUNS=$W/runs
+LOGS=${LOGS:-$W/logs}
+mkdir -p "$RUNS" "$LOGS"
+
+MAKE_DATA="anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000"
+ENC="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder --steps 1500 --batch-size 48 --per-modality 1000 --seed 0"
+VAE_STEPS=1500
+IMG="anygpt train tiny-decoders --data $DATA/manifest.jsonl --out $RUNS/decoders --parts image --vae-steps $VAE_STEPS --image-steps 5000 --batch-size 64 --seed 0"
+VID="anygpt train tiny-decoders --data $DATA/manifest.jsonl --out $RUNS/decoders --parts video --vae-steps $VAE_STEPS --video-steps 3500 --batch-size 64 --video-batch-size 16 --seed 0"
+AUD="anygpt train tiny-audio --data $DATA/manifest.jsonl --out $RUNS/audio --vae-steps 1000 --vocoder-steps 2500 --unet-steps 4000 --batch-size 32 --seed 0"
+
+run() { # run "ANYGPT COMMAND" LOG: the recorded command, with this machine's python and device
+  local cmd=$1 log=$2
+  echo "+ $cmd" >"$log"
+  ${cmd/anygpt /$CLI } ${3:+--device $DEVICE $EXTRA} >>"$log" 2>&1
+}
+
+train_and_export() { # PART TRAINED_FOLDER COMMAND: train, then ship the part (one export at a time)
+  run "$3" "$LOGS/$1.log" dev && flock "$RUNS/.export.lock" $CLI train export-tiny "$1" --source "$2" \
+    --data "$DATA" --command "$MAKE_DATA" --command "$3" >>"$LOGS/$1.log" 2>&1
+}
+
+[ -f "$DATA/manifest.jsonl" ] || run "$MAKE_DATA" "$LOGS/data.log"
+
+train_and_export encoder "$RUNS/encoder/encoder" "$ENC" & enc=$!
+train_and_export image "$RUNS/decoders/image" "$IMG" & img=$!
+train_and_export audio "$RUNS/audio/audio" "$AUD" & aud=$!
+# The video decoder shares the image decoder's VAE: start once that has finished.
+until grep -qs "\"step\": $VAE_STEPS}" "$RUNS/decoders/vae-run/checkpoint/state.json"; do
+  kill -0 $img 2>/dev/null || break; sleep 5
+done
+train_and_export video "$RUNS/decoders/video" "$VID" & vid=$!
+
+status=0
+for part in enc img aud vid; do wait ${!part} || { echo "training $part failed: see $LOGS" >&2; status=1; }; done
+[ "$status" = 0 ] || exit $status
+[ "${EVAL:-1}" = 1 ] || exit 0
+$CLI eval --preset tiny --part encoder --json | tee "$LOGS/eval-encoder.json"
+$CLI eval --preset tiny --part decoders --json --grid "$LOGS/samples" | tee "$LOGS/eval-decoders.json"
