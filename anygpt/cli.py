@@ -114,7 +114,8 @@ def toyworld(
 def evaluate(
     preset: str = "tiny",
     config: Optional[Path] = None,
-    part: Annotated[str, typer.Option(help="encoder or decoders.")] = "decoders",
+    part: Annotated[str, typer.Option(help="encoder, decoders or llm (the whole model on held-out dialogs).")] = "decoders",
+    weights: Annotated[Optional[Path], typer.Option(help="--part llm: a save_pretrained folder to judge.")] = None,
     n: Annotated[int, typer.Option(help="Held-out examples per modality.")] = 48,
     steps: Annotated[int, typer.Option(help="Diffusion steps for the decoder figures.")] = 25,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
@@ -143,8 +144,12 @@ def evaluate(
                                                       **_sizes(cfg.decoders[m].size))
                     if grid is not None and m in ("image", "video"):
                         benchmark.sample_grid(kept[:16] if m == "image" else kept[:6], f"{grid}-{m}.png")
+        elif part == "llm":
+            app = _load(preset, config, weights)
+            cfg = app.config
+            results = benchmark.eval_llm(app, n=n, steps=steps)
         else:
-            raise typer.BadParameter(f"unknown part {part!r}; use encoder or decoders")
+            raise typer.BadParameter(f"unknown part {part!r}; use encoder, decoders or llm")
     except AnyGPTError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)

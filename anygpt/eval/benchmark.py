@@ -111,3 +111,73 @@ def sample_grid(samples: list[tuple[str, object]], path, columns: int = 8, scale
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % cols) * w, (i // cols) * h))
     grid.save(path)
+
+
+def _labels_in(text: str, modality: str) -> dict[str, str]:
+    """The attribute values a caption or reply names (longest match first: "rising sweep" before "sweep")."""
+    text = text.lower()
+    found = {}
+    for key in tw.LABELS[modality]:
+        for value in sorted(tw.VALUES[modality][key], key=len, reverse=True):
+            if value in text:
+                found[key] = value
+                break
+    return found
+
+
+def _probe(artifact, modality: str) -> dict[str, str]:
+    from anygpt.eval import probes
+
+    if modality == "image":
+        return probes.probe_image(np.asarray(artifact.image.convert("RGB")))
+    if modality == "audio":
+        return probes.probe_audio(artifact.waveform, artifact.sample_rate)
+    return probes.probe_video(artifact.frames)
+
+
+@torch.no_grad()
+def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: list | None = None) -> dict[str, float]:
+    """The whole model on held-out dialogs (held-out wordings, attribute combinations and media).
+
+    - `routing_exact`: the reply makes exactly the modalities the dialog asks for (none for chat);
+    - `plain_chat_no_signal`: plain questions get no signal token;
+    - `{m}_to_text_{attribute}`: a question about an attached item is answered with the right value;
+    - `text_to_{m}_{attribute}_e2e`: media the LLM chose to make show the asked attributes (probes).
+    `keep` collects (dialog, response) pairs.
+    """
+    import tempfile
+    from collections import defaultdict
+
+    from anygpt.dialogs import make_dialogs, read_dialogs
+
+    scores: dict[str, list[bool]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="anygpt-eval-") as folder:
+        manifest = tw.make_dataset(folder, n_per_modality={"image": 40, "audio": 40, "video": 40}, seed=seed,
+                                   split="heldout")
+        dialogs = read_dialogs(make_dialogs(manifest, n, seed=seed, split="heldout"))
+        for i, dialog in enumerate(dialogs):
+            user, expect = dialog["turns"][0], dialog["expect"]
+            media = [(item["modality"], item["path"]) for item in user.get("media", [])]
+            r = app.chat(user["text"], media=media, seed=i, num_inference_steps=steps)
+            made = [a.meta["modality"] for a in r.artifacts]
+            scores["routing_exact"].append(sorted(made) == sorted(expect["outputs"]))
+            if dialog["kind"] == "chat":
+                scores["plain_chat_no_signal"].append(not r.trace.signal_runs)
+            about = expect.get("about")
+            for key, value in expect["answer"].items():
+                scores[f"{about}_to_text_{key}"].append(_labels_in(r.text, about).get(key) == value)
+            wanted = [o for t in dialog["turns"] if t["role"] == "assistant" for o in t.get("outputs", [])]
+            for m in OUTPUT_PROBED:
+                targets = [_labels_in(o["caption"], m) for o in wanted if o["modality"] == m]
+                artifacts = [a for a in r.artifacts if a.meta["modality"] == m]
+                for target, artifact in zip(targets, artifacts + [None] * len(targets)):
+                    found = _probe(artifact, m) if artifact is not None else {}
+                    for key in DECODER_ATTRIBUTES[m]:
+                        if key in target:
+                            scores[f"text_to_{m}_{key}_e2e"].append(found.get(key) == target[key])
+            if keep is not None:
+                keep.append((dialog, r))
+    return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
+
+
+OUTPUT_PROBED = ("image", "audio", "video")

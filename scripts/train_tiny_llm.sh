@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Train the tiny preset's LLM side with NExT-GPT's three stages, on top of the shipped tiny
+# encoder and decoders (scripts/train_tiny.sh), then ship the result into anygpt/weights/tiny/model.
+#
+#   scripts/train_tiny_llm.sh [WORKDIR]     # default WORKDIR: data/tiny (reuses its toy-train set)
+#
+# SmolLM2-135M on a 2-core CPU: about 2 s a step for stage 1, 3 s for stage 2, 6 s for stage 3.
+# Each stage resumes from its checkpoint when re-run.
+set -euo pipefail
+W=${1:-data/tiny}
+PY=${PY:-python3}
+CLI="$PY -m anygpt.cli"
+DATA=$W/toy-train
+RUNS=$W/runs
+[ -f "$DATA/dialogs.jsonl" ] || $CLI toyworld "$DATA" --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000
+$CLI train stage1 --data "$DATA/manifest.jsonl" --out "$RUNS/stage1" --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3
+$CLI train stage2 --data "$DATA/manifest.jsonl" --init "$RUNS/stage1/model" --out "$RUNS/stage2" --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3
+$CLI train stage3 --data "$DATA/dialogs.jsonl" --init "$RUNS/stage2/model" --out "$RUNS/stage3" --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4
