@@ -63,15 +63,17 @@ def chat(
 
 @app.command()
 def demo(
-    host: str = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: int = 7860,
     preset: str = "tiny",
     config: Optional[Path] = None,
     weights: Optional[Path] = None,
     share: Annotated[bool, typer.Option(help="Gradio share link (off by default).")] = False,
+    concurrency: Annotated[int, typer.Option(help="Requests served at once; the rest queue.")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 20.0,
 ) -> None:
     """Serve the Gradio web demo."""
-    from apps.demo import build_demo
+    from apps.demo import DemoSettings, launch
 
     try:
         model = _load(preset, config, weights)
@@ -79,7 +81,8 @@ def demo(
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     console.print(f"AnyGPT demo on http://{host}:{port}")
-    build_demo(model).queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, share=share)
+    launch(model, host=host, port=port, share=share,
+           settings=DemoSettings(max_upload_mb=max_upload_mb, concurrency=concurrency))
 
 
 @app.command()

@@ -142,11 +142,12 @@ class AnyGPTModel(nn.Module):
 
     # -- 3. generate --------------------------------------------------------------------------
     def generate(self, inputs_embeds: torch.Tensor, *, max_new_tokens: int, temperature: float, seed: int,
-                 allowed: set[str], force: set[str] = frozenset()) -> list[int]:
+                 allowed: set[str], force: set[str] = frozenset(), streamer: Any = None) -> list[int]:
         """Write the reply; returns its token ids (signal tokens included, end-of-turn dropped).
 
         `force` is a test and UI hook: a forced modality whose run the LLM did not write gets one
-        appended, so its artifact is still made from the LLM's own hidden states.
+        appended, so its artifact is still made from the LLM's own hidden states. `streamer` is a
+        transformers streamer that sees each token as it is written.
         """
         processor = SignalRunProcessor(self.signal, allowed, [self.media_token_id],
                                        self.config.max_outputs_per_reply, prompt_len=0)
@@ -159,6 +160,7 @@ class AnyGPTModel(nn.Module):
                 max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
                 logits_processor=LogitsProcessorList([processor]), pad_token_id=pad, eos_token_id=eos,
+                streamer=streamer,
             )[0].tolist()
         eos_ids = set(eos if isinstance(eos, list) else [eos])
         while ids and ids[-1] in eos_ids | {pad}:

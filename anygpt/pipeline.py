@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
+from transformers import TextStreamer
 
 from decoders import DECODERS, Decoder, DecoderError
 from encoders import ImageBindConfig, ImageBindEncoder, MediaError
@@ -145,9 +146,11 @@ class AnyGPT:
     # -- the request --------------------------------------------------------------------------
     def chat(self, prompt: str, *, image: Any = None, audio: Any = None, video: Any = None, depth: Any = None,
              thermal: Any = None, imu: Any = None, media: Sequence[tuple[str, Any]] | None = None,
-             history: Sequence[Turn] | None = None, options: ChatOptions | None = None, **option_kwargs) -> Response:
+             history: Sequence[Turn] | None = None, options: ChatOptions | None = None,
+             on_text: Callable[[str], None] | None = None, **option_kwargs) -> Response:
         """Answer one user turn. Media come as keyword arguments (one item or a list each) or as an
-        ordered `media=[(modality, item), ...]`; options as a ChatOptions or keyword arguments."""
+        ordered `media=[(modality, item), ...]`; options as a ChatOptions or keyword arguments.
+        `on_text(piece)` is called with the reply's words as the LLM writes them (signal tokens left out)."""
         # 1. check inputs
         opts = self._options(options, option_kwargs)
         items = _collect_media(dict(image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu),
@@ -175,7 +178,8 @@ class AnyGPT:
             reply_ids = self.model.generate(
                 inputs_embeds, max_new_tokens=opts.max_new_tokens or self.config.max_new_tokens,
                 temperature=self.config.temperature if opts.temperature is None else opts.temperature,
-                seed=opts.seed, allowed=set(opts.outputs), force=set(opts.force))
+                seed=opts.seed, allowed=set(opts.outputs), force=set(opts.force),
+                streamer=_TextCallback(self.model.tokenizer, on_text) if on_text else None)
             timings["llm"] = time.perf_counter() - t
 
             # 4. hidden states at each run of signal tokens -> the decoder's prompt_embeds
@@ -242,6 +246,18 @@ class AnyGPT:
             if missing:
                 raise InputError(f"this model has no decoder for {missing}")
         return opts
+
+
+class _TextCallback(TextStreamer):
+    """transformers' TextStreamer, handing each finished piece of text to a callback instead of stdout."""
+
+    def __init__(self, tokenizer: Any, callback: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.callback = callback
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.callback(text)
 
 
 def _collect_media(by_name: dict[str, Any], ordered: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
