@@ -226,7 +226,7 @@ def train_tiny_audio_cmd(
 
 @train_app.command("export-tiny")
 def export_tiny_cmd(
-    part: Annotated[str, typer.Argument(help="encoder, image, video or audio.")],
+    part: Annotated[str, typer.Argument(help="encoder, image, video, audio, or model (a stage-3 model/ folder).")],
     source: Annotated[Path, typer.Option(help="The trained folder (e.g. data/runs/decoders/image).")],
     data: Annotated[Path, typer.Option(help="The dataset folder it was trained on (its dataset.json is recorded).")],
     command: Annotated[list[str], typer.Option(help="A command that made it (repeat: data, then training).")],

@@ -27,7 +27,7 @@ from decoders import DECODERS, Decoder, DecoderError
 from encoders import ImageBindConfig, ImageBindEncoder, MediaError
 
 from anygpt.config import (INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, DecoderSettings, EncoderSettings,
-                           preset, resolve_path)
+                           preset, resolve_path, shipped_tiny)
 from anygpt.errors import ConfigError, InputError
 from anygpt.llm import load_llm
 from anygpt.model import AnyGPTModel, Turn
@@ -94,6 +94,10 @@ class AnyGPT:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str = "tiny", **kwargs) -> "AnyGPT":
+        """A named preset; `tiny` comes with its trained LLM side when the package ships it."""
+        shipped = shipped_tiny("model") if name == "tiny" else None
+        if shipped is not None:
+            return cls.from_pretrained(resolve_path(shipped), **kwargs)
         return cls.from_config(preset(name), **kwargs)
 
     @classmethod

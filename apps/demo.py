@@ -201,6 +201,8 @@ def build_demo(model: AnyGPT, settings: DemoSettings | None = None) -> gr.Blocks
                 gr.Examples(examples=[{"text": e, "files": []} for e in EXAMPLES], inputs=[box], label="Try")
             with gr.Column(scale=2):
                 with gr.Accordion("Settings", open=False, elem_id="settings"):
+                    gr.Markdown(f"Model: **{model.config.name}** ({', '.join(f'{k}: {v}' for k, v in model.model_ids().items())}). "
+                                "Another preset, config or trained folder: `anygpt demo --preset/--config/--weights`.")
                     outputs = gr.CheckboxGroup(list(model.config.decoders), value=list(model.config.decoders),
                                                label="Outputs allowed")
                     force = gr.CheckboxGroup(list(model.config.decoders), value=[], elem_id="force",

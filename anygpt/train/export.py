@@ -23,11 +23,14 @@ def _sha256(folder: Path) -> dict[str, str]:
 
 
 def export_part(part: str, source: Path, out: Path, *, commands: list[str], data: Path) -> dict:
-    """Write one part (`encoder`, `image`, `video` or `audio`) to out/part in float16."""
+    """Write one part (`encoder`, `image`, `video` or `audio` in float16; `model`, the LLM side of
+    a stage-3 `save_pretrained` folder, as it is) to out/part."""
     target = out / part
     if target.exists():
         shutil.rmtree(target)
-    if part == "encoder":
+    if part == "model":
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("README.md"))
+    elif part == "encoder":
         from encoders import ImageBindEncoder
 
         enc = ImageBindEncoder.from_pretrained(source)
@@ -42,7 +45,7 @@ def export_part(part: str, source: Path, out: Path, *, commands: list[str], data
     dataset = json.loads((data / "dataset.json").read_text())
     record = {"commands": commands, "seed": dataset["seed"],
               "data": {k: dataset[k] for k in ("generator", "version", "seed", "split", "counts")},
-              "dtype": "float16", "files": _sha256(target)}
+              "dtype": "float32" if part == "model" else "float16", "files": _sha256(target)}
     manifest = out / "weights.json"
     records = json.loads(manifest.read_text()) if manifest.is_file() else {}
     records[part] = record
