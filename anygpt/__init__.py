@@ -7,7 +7,7 @@ checks) does not pay for torch, transformers and diffusers.
 from importlib import import_module
 
 _EXPORTS = {
-    "AnyGPT": "anygpt.pipeline", "ChatOptions": "anygpt.pipeline",
+    "AnyGPT": "anygpt.pipeline", "ChatOptions": "anygpt.pipeline", "ChatRequest": "anygpt.pipeline",
     "AnyGPTConfig": "anygpt.config",
     "AnyGPTError": "anygpt.errors", "ConfigError": "anygpt.errors", "InputError": "anygpt.errors",
     "Turn": "anygpt.model",

@@ -11,7 +11,7 @@ from rich.console import Console
 from anygpt.errors import AnyGPTError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Any-to-any multimodal generation.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # whole lines in logs: no wrapping at 80 columns
 
 
 def _load(preset: str, config: Optional[Path], weights: Optional[Path]):
@@ -83,6 +83,35 @@ def demo(
     console.print(f"AnyGPT demo on http://{host}:{port}")
     launch(model, host=host, port=port, share=share,
            settings=DemoSettings(max_upload_mb=max_upload_mb, concurrency=concurrency))
+
+
+@app.command("run")
+def run_cmd(
+    script: Annotated[Path, typer.Argument(help="YAML or JSONL script: a list of jobs.")],
+    out: Annotated[Path, typer.Option(help="Output folder: one subfolder per job and manifest.jsonl.")],
+    preset: str = "tiny",
+    config: Optional[Path] = None,
+    weights: Optional[Path] = None,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed job.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Jobs whose outputs decode together.")] = 8,
+) -> None:
+    """Run a script of generation jobs; re-running skips the jobs already done."""
+    from apps.batch import load_script, run_script
+
+    try:
+        jobs = load_script(script)
+        model = _load(preset, config, weights)
+        summary = run_script(model, jobs, out, fail_fast=fail_fast, batch_size=batch_size,
+                             progress=console.is_terminal)
+    except AnyGPTError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    console.print(f"{len(summary.done)} done, {summary.skipped} already done, {len(summary.failed)} failed "
+                  f"of {summary.total} jobs in {summary.seconds:.1f} s; manifest: {out / 'manifest.jsonl'}")
+    for job_id, error in summary.failed:
+        console.print(f"[red]failed[/red] {job_id}: {error}")
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -216,12 +245,20 @@ def train_tiny_audio_cmd(
     vae_steps: int = 600, vocoder_steps: int = 1500, unet_steps: int = 2500, batch_size: int = 16, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    parts: Annotated[str, typer.Option(help="What to train: vae, vocoder, unet (comma-separated; "
+                                            "a subset needs --init).")] = "vae,vocoder,unet",
+    init: Annotated[Optional[str], typer.Option(help="Start from a trained decoder folder, e.g. anygpt:tiny/audio.")] = None,
 ) -> None:
     """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, CLAP-conditioned UNet."""
     from anygpt.train.tiny_decoders import train_tiny_audio
 
-    train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
-                     batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)
+    try:
+        train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
+                         batch_size=batch_size, seed=seed, max_steps=max_steps, device=device,
+                         parts=tuple(p for p in parts.split(",") if p), init=init)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
 
 
 @train_app.command("export-tiny")

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,42 @@ class AnyGPT:
         """Answer one user turn. Media come as keyword arguments (one item or a list each) or as an
         ordered `media=[(modality, item), ...]`; options as a ChatOptions or keyword arguments.
         `on_text(piece)` is called with the reply's words as the LLM writes them (signal tokens left out)."""
+        request = ChatRequest(prompt, media=_collect_media(
+            dict(image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu), media),
+            history=list(history or []), options=self._options(options, option_kwargs))
+        return self.chat_batch([request], on_text=on_text)[0]
+
+    def chat_batch(self, requests: Sequence["ChatRequest"], on_text: Callable[[str], None] | None = None
+                   ) -> list[Response]:
+        """Answer several independent requests; the artifacts of one modality are decoded together,
+        in one pipeline call, across all the requests (what scripted generation batches)."""
+        plans = [self._plan(r, on_text) for r in requests]
+        # 5. decode: all artifacts of a modality (across requests) in one pipeline call per options set
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for p, plan in enumerate(plans):
+            for i, run in enumerate(plan.runs):
+                groups.setdefault((run.modality, _decode_key(plan.options)), []).append((p, i))
+        for (modality, _), members in groups.items():
+            t = time.perf_counter()
+            opts = plans[members[0][0]].options
+            made = self._decode(modality, torch.stack([plans[p].conditioning[i] for p, i in members]),
+                                [plans[p].options.seed + i for p, i in members], opts)
+            spent = time.perf_counter() - t
+            for (p, i), artifact in zip(members, made):
+                plans[p].artifacts[i] = artifact
+            for p in {p for p, _ in members}:
+                plans[p].trace.timings[f"decode_{modality}"] = spent
+        return [self._response(plan) for plan in plans]
+
+    def _plan(self, request: "ChatRequest", on_text: Callable[[str], None] | None) -> "_Plan":
+        """Steps 1-4 of a request: check inputs, encode media, generate, project the signal tokens."""
         # 1. check inputs
-        opts = self._options(options, option_kwargs)
-        items = _collect_media(dict(image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu),
-                               media)
+        opts = request.options if isinstance(request.options, ChatOptions) else self._options(None, request.options)
+        items = _collect_media({}, request.media)
+        prompt = request.prompt
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("the prompt is empty: say what you want")
-        turns = list(history or []) + [Turn("user", prompt, items)]
+        turns = list(request.history) + [Turn("user", prompt, items)]
         trace = Trace(seed=opts.seed, model_ids=self.model_ids())
         timings = trace.timings
 
@@ -191,25 +221,18 @@ class AnyGPT:
             runs = self.model.find_runs(reply_ids)
             conditioning = self.model.signal_conditioning(inputs_embeds, reply_ids, runs)
             timings["project"] = time.perf_counter() - t
+        return _Plan(opts, turns, trace, reply_ids, runs, conditioning, [None] * len(runs))
 
-            # 5. decode: all artifacts of a modality in one pipeline call
-            artifacts: list[Any] = [None] * len(runs)
-            for modality in dict.fromkeys(r.modality for r in runs):
-                t = time.perf_counter()
-                index = [i for i, r in enumerate(runs) if r.modality == modality]
-                seeds = [opts.seed + i for i in index]
-                made = self._decode(modality, torch.stack([conditioning[i] for i in index]), seeds, opts)
-                for i, artifact in zip(index, made):
-                    artifacts[i] = artifact
-                timings[f"decode_{modality}"] = time.perf_counter() - t
-
+    def _response(self, plan: "_Plan") -> Response:
         tokens = self.model.tokenizer.convert_ids_to_tokens
-        for i, run in enumerate(runs):
-            trace.signal_runs.append({"modality": run.modality, "tokens": tokens([reply_ids[p] for p in run.positions]),
-                                      "seed": opts.seed + i})
-        trace.raw_reply = self.model.tokenizer.decode(reply_ids, skip_special_tokens=False)
-        history_out = turns + [Turn("assistant", trace.raw_reply)]
-        return Response(text=self.model.reply_text(reply_ids), artifacts=artifacts, trace=trace, history=history_out)
+        for i, run in enumerate(plan.runs):
+            plan.trace.signal_runs.append({"modality": run.modality,
+                                           "tokens": tokens([plan.reply_ids[p] for p in run.positions]),
+                                           "seed": plan.options.seed + i})
+        plan.trace.raw_reply = self.model.tokenizer.decode(plan.reply_ids, skip_special_tokens=False)
+        history_out = plan.turns + [Turn("assistant", plan.trace.raw_reply)]
+        return Response(text=self.model.reply_text(plan.reply_ids), artifacts=plan.artifacts, trace=plan.trace,
+                        history=history_out)
 
     def model_ids(self) -> dict[str, str]:
         ids = {"llm": self.config.llm.describe(),
@@ -250,6 +273,36 @@ class AnyGPT:
             if missing:
                 raise InputError(f"this model has no decoder for {missing}")
         return opts
+
+
+@dataclass
+class ChatRequest:
+    """One request of `chat_batch`: a prompt, its media as (modality, item) pairs, the earlier turns,
+    and its options (a ChatOptions or a dict of them)."""
+
+    prompt: str
+    media: Sequence[tuple[str, Any]] = ()
+    history: Sequence[Turn] = ()
+    options: ChatOptions | dict = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """A request after the LLM: what is left is decoding its runs."""
+
+    options: ChatOptions
+    turns: list[Turn]
+    trace: Trace
+    reply_ids: list[int]
+    runs: list
+    conditioning: list[torch.Tensor]
+    artifacts: list
+
+
+def _decode_key(opts: ChatOptions) -> tuple:
+    """Artifacts decode together only when every decoding option is the same."""
+    return (opts.num_inference_steps, opts.guidance_scale, opts.height, opts.width, opts.audio_length_in_s,
+            opts.num_frames)
 
 
 class _TextCallback(TextStreamer):

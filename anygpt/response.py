@@ -58,5 +58,8 @@ class Response:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".response-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(summary, f, indent=2)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; the media files beside it are not
         os.replace(tmp, out / "response.json")
         return files + [out / "response.json"]

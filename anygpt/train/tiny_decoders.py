@@ -157,6 +157,11 @@ AUDIO_SECONDS = 2.0  # every toy clip fits; shorter ones are padded with silence
 MEL_BINS = 32
 
 
+def pipe_mel_bins(decoder) -> int:
+    """The mel bins the decoder's vocoder reads."""
+    return decoder.pipeline.vocoder.config.model_in_dim
+
+
 class LogMel(torch.nn.Module):
     """The spectrogram the tiny AudioLDM works in: AudioLDM's STFT (1024/160 at 16 kHz), log-compressed
     and scaled to about [-1, 1]. The VAE encodes it, the vocoder inverts it."""
@@ -187,9 +192,21 @@ def _stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600, vocoder_steps: int = 1500,
                      unet_steps: int = 2500, batch_size: int = 16, seed: int = 0, max_steps: int | None = None,
-                     device: str = "auto") -> dict:
-    """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, and the CLAP-conditioned UNet; writes out/audio."""
+                     device: str = "auto", parts: tuple[str, ...] = ("vae", "vocoder", "unet"),
+                     init: str | Path | None = None) -> dict:
+    """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, and the CLAP-conditioned UNet; writes out/audio.
+
+    `init` starts from a trained decoder folder and `parts` picks what to (re)train, e.g. a longer
+    vocoder run on top of a shipped decoder: parts=("vocoder",), init="anygpt:tiny/audio".
+    (The UNet's latents come from the VAE: retraining the VAE means retraining the UNet.)"""
+    from anygpt.config import resolve_path
     from decoders import AudioDecoder
+
+    unknown = set(parts) - {"vae", "vocoder", "unet"}
+    if unknown or not parts:
+        raise ValueError(f"parts must be some of vae, vocoder, unet; got {sorted(parts)}")
+    if init is None and set(parts) != {"vae", "vocoder", "unet"}:
+        raise ValueError("training only some parts needs `init`, a trained decoder folder to start from")
 
     out = Path(out)
     rows = load_rows(data, "audio")
@@ -200,12 +217,17 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         if sr != tw.SAMPLE_RATE:
             raise ValueError(f"{r['path']}: expected {tw.SAMPLE_RATE} Hz audio, got {sr}")
         waves[i, :min(length, len(wave))] = torch.from_numpy(wave[:length])
-    dec = AudioDecoder.tiny(seed=seed, mel_bins=MEL_BINS, seconds=AUDIO_SECONDS, vae_channels=(16, 32, 32))
-    pipe, to_mel = dec.pipeline, LogMel(MEL_BINS)
+    if init is None:
+        dec = AudioDecoder.tiny(seed=seed, mel_bins=MEL_BINS, seconds=AUDIO_SECONDS, vae_channels=(16, 32, 32))
+    else:
+        dec = AudioDecoder.from_pretrained(resolve_path(str(init)), torch_dtype=torch.float32)
+    pipe, to_mel = dec.pipeline, LogMel(pipe_mel_bins(dec))
     with torch.no_grad():
         mels = torch.cat([to_mel(waves[i:i + 256]) for i in range(0, len(waves), 256)])  # [N, T, M]
-    summaries = {"vae": train_vae(pipe.vae, mels[:, None], out / "audio-vae", steps=vae_steps,
-                                  batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)}
+    summaries = {}
+    if "vae" in parts:
+        summaries["vae"] = train_vae(pipe.vae, mels[:, None], out / "audio-vae", steps=vae_steps,
+                                     batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)
 
     # The vocoder learns mel -> waveform on random 0.32 s windows.
     vocoder, frames = pipe.vocoder, 32
@@ -225,13 +247,20 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         mel_l1 = F.l1_loss(to_mel(pred), to_mel(wave))
         return spec + mel_l1, {"stft": spec.item(), "mel": mel_l1.item()}
 
-    vocoder.requires_grad_(True)
-    to_mel.to(resolve_device(device))
-    summaries["vocoder"] = train("vocoder", vocoder, vocoder_batch, vocoder_loss, out / "audio-vocoder",
-                                 LoopSettings(steps=vocoder_steps, lr=2e-3, warmup=50, save_every=200, seed=seed,
-                                              max_steps=max_steps, device=device))
-    vocoder.requires_grad_(False).eval()
-    to_mel.to("cpu")
+    if "vocoder" in parts:
+        vocoder.requires_grad_(True)
+        to_mel.to(resolve_device(device))
+        # float32 throughout: the bfloat16-autocast run of the shipped recipe stalled at a near-silent
+        # output (spectral convergence ~1); the float32 fine-tune recovers (cause not fully established)
+        summaries["vocoder"] = train("vocoder", vocoder, vocoder_batch, vocoder_loss, out / "audio-vocoder",
+                                     LoopSettings(steps=vocoder_steps, lr=2e-3 if init is None else 1e-3, warmup=50,
+                                                  save_every=200, seed=seed, max_steps=max_steps, device=device,
+                                                  amp=False))
+        vocoder.requires_grad_(False).eval()
+        to_mel.to("cpu")
+    if "unet" not in parts:
+        dec.save_pretrained(out / "audio")
+        return summaries
 
     # The UNet reads the CLAP text projection (L2-normalised, as AudioLDM computes it) as a class embedding.
     latents = encode_latents(pipe.vae, mels[:, None])
