@@ -94,15 +94,27 @@ def run_cmd(
     weights: Optional[Path] = None,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed job.")] = False,
     batch_size: Annotated[int, typer.Option(help="Jobs whose outputs decode together.")] = 8,
+    backend: Annotated[str, typer.Option(help="local, or ray (Ray tasks; see --ray-address).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="A Ray cluster (ray.init address); default: a "
+                                                            "local Ray instance.")] = None,
+    workers: Annotated[int, typer.Option(help="--backend ray: actors, each loading the model once.")] = 1,
 ) -> None:
     """Run a script of generation jobs; re-running skips the jobs already done."""
-    from apps.batch import load_script, run_script
+    from apps.batch import load_script, run_script, run_script_ray
 
     try:
         jobs = load_script(script)
-        model = _load(preset, config, weights)
-        summary = run_script(model, jobs, out, fail_fast=fail_fast, batch_size=batch_size,
-                             progress=console.is_terminal)
+        if backend == "ray":
+            spec = {"preset": preset, "config": str(config) if config else None,
+                    "weights": str(weights) if weights else None}
+            summary = run_script_ray(jobs, out, model_spec=spec, address=ray_address, workers=workers,
+                                     fail_fast=fail_fast, batch_size=batch_size, progress=console.is_terminal)
+        elif backend == "local":
+            model = _load(preset, config, weights)
+            summary = run_script(model, jobs, out, fail_fast=fail_fast, batch_size=batch_size,
+                                 progress=console.is_terminal)
+        else:
+            raise typer.BadParameter(f"unknown backend {backend!r}; use local or ray")
     except AnyGPTError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)

@@ -243,6 +243,18 @@ def _request(job: Job):
 
 def _finish(out: Path, job: Job, response) -> None:
     """Write a job's files under a temporary name, rename, then append its manifest line."""
+    _append(out, _write_job(out, job, response))
+
+
+def _append(out: Path, line: dict) -> None:
+    with open(out / MANIFEST, "a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_job(out: Path, job: Job, response) -> dict:
+    """The job's folder, complete or not at all (temporary name, then rename); returns its manifest line."""
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.id}-", dir=out))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the results are for everyone the umask allows
     files = response.save(tmp)
@@ -252,10 +264,7 @@ def _finish(out: Path, job: Job, response) -> None:
             "files": [f"{job.id}/{f.name}" for f in files],
             "seeds": [run["seed"] for run in response.trace.signal_runs],
             "timings": response.trace.timings, "model_ids": response.trace.model_ids}
-    with open(out / MANIFEST, "a") as f:
-        f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return line
 
 
 def run_script(model, jobs: list[Job], out: str | os.PathLike, *, fail_fast: bool = False, batch_size: int = 8,
@@ -308,3 +317,83 @@ def _run_batch(model, batch: list[Job]):
         except AnyGPTError as e:
             results.append((job, e))
     return results
+
+
+# -- Ray: the same script across a cluster ---------------------------------------------------------
+
+def load_model(preset: str = "tiny", config: str | None = None, weights: str | None = None):
+    """The model a run uses: a save_pretrained folder, a config file, or a preset."""
+    from anygpt.pipeline import AnyGPT
+
+    if weights:
+        return AnyGPT.from_pretrained(weights)
+    if config:
+        return AnyGPT.from_config(config)
+    return AnyGPT.from_preset(preset)
+
+
+class _Worker:
+    """One Ray actor: loads the model once, then runs batches of jobs, writing their folders into the
+    shared output folder and handing the manifest lines back to the driver (the manifest's one writer)."""
+
+    def __init__(self, model_spec: dict, out: str):
+        self.model, self.out = load_model(**model_spec), Path(out)
+
+    def run(self, batch: list[dict]) -> list[tuple[str, dict | str]]:
+        jobs = [Job.model_validate(j) for j in batch]
+        results = []
+        for job, result in _run_batch(self.model, jobs):
+            results.append((job.id, str(result) if isinstance(result, Exception) else _write_job(self.out, job, result)))
+        return results
+
+
+def run_script_ray(jobs: list[Job], out: str | os.PathLike, *, model_spec: dict, address: str | None = None,
+                   workers: int = 1, fail_fast: bool = False, batch_size: int = 8, progress: bool = True) -> RunSummary:
+    """`run_script` as Ray tasks: `workers` actors (each loads the model once) on the cluster at
+    `address` (None: a local Ray instance), all writing into `out`, which must be a folder every
+    node sees. The driver keeps the manifest, so resuming works exactly as in a local run."""
+    import ray
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    done = finished_ids(out)
+    _tidy(out, jobs, done)
+    todo = [j for j in jobs if j.id not in done]
+    summary = RunSummary(total=len(jobs), skipped=len(jobs) - len(todo))
+    if not todo:
+        return summary
+    t0 = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": max(1, workers)}))
+    try:
+        actor = ray.remote(num_cpus=1)(_Worker)
+        pool = [actor.remote(model_spec, str(out)) for _ in range(max(1, workers))]
+        batches = [todo[i:i + max(1, batch_size)] for i in range(0, len(todo), max(1, batch_size))]
+        pending = {pool[i % len(pool)].run.remote([j.model_dump() for j in b]): b for i, b in enumerate(batches)}
+        console = Console(stderr=True)
+        with Progress(TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.fields[info]}"), console=console, disable=not progress) as bar:
+            task = bar.add_task("jobs", total=len(jobs), completed=summary.skipped, info="")
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                pending.pop(ready[0])
+                for job_id, result in ray.get(ready[0]):
+                    if isinstance(result, str):
+                        summary.failed.append((job_id, result))
+                    else:
+                        _append(out, result)
+                        summary.done.append(job_id)
+                    bar.advance(task)
+                if fail_fast and summary.failed:
+                    for ref in pending:
+                        ray.cancel(ref)
+                    break
+    finally:
+        if started_here:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - t0
+    return summary

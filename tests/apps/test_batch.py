@@ -178,3 +178,30 @@ jobs:
     proc = _run_cli(unsafe, tmp_path / "out2")
     log = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 2 and "not a safe folder name" in log and not (tmp_path / "out2").exists()
+
+
+def test_ray_backend_gives_the_same_results_as_a_local_run(tiny, tmp_path):
+    import numpy as np
+
+    from apps.batch import run_script_ray
+
+    jobs = load_script(_write(tmp_path / "s.yaml", """
+defaults: {options: {num_inference_steps: 2, max_new_tokens: 12}}
+jobs:
+  - {id: pic, prompt: draw a red circle, outputs: [image], seed: 1}
+  - {id: clip, prompt: animate a blue square moving left, outputs: [video], seed: 2}
+  - {id: words, prompt: "What is the capital of France?", outputs: []}
+"""))
+    local = run_script(tiny, jobs, tmp_path / "local", progress=False)
+    remote = run_script_ray(jobs, tmp_path / "ray", model_spec={"preset": "tiny"}, workers=1, batch_size=2,
+                            progress=False)
+    assert local.ok and remote.ok and sorted(remote.done) == sorted(local.done)
+    by_id = {d: {line["id"]: line for line in _manifest(tmp_path / d)} for d in ("local", "ray")}
+    for job_id, line in by_id["local"].items():
+        other = by_id["ray"][job_id]
+        assert other["text"] == line["text"] and other["files"] == line["files"] and other["seeds"] == line["seeds"]
+    a = np.asarray(Image.open(tmp_path / "local" / "pic" / "image_0.png"), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "ray" / "pic" / "image_0.png"), dtype=int)
+    assert np.abs(a - b).max() <= 2  # the same picture (a worker's thread count may change the last bit)
+    again = run_script_ray(jobs, tmp_path / "ray", model_spec={"preset": "tiny"}, progress=False)
+    assert again.skipped == 3 and len(_manifest(tmp_path / "ray")) == 3
