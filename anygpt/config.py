@@ -101,6 +101,32 @@ class ProjectorSettings(_Strict):
     feedforward: int = 2048
 
 
+class LimitSettings(_Strict):
+    """What one request may ask for, checked before any decoding (each refusal names its limit).
+
+    The media limits are the encoder's: they are read from file headers where the format allows,
+    so a 10-minute recording is refused without decoding it; images larger than the model's input
+    are downscaled by the preprocessing, up to `max_pixels`."""
+
+    max_upload_bytes: int = Field(64 * 2**20, gt=0)  # one media item (a file, bytes or an array's data)
+    max_pixels: int = Field(4096 * 4096, gt=0)  # one image or video frame; a 4K frame (3840x2160) fits
+    max_audio_seconds: float = Field(120.0, gt=0)
+    max_video_seconds: float = Field(120.0, gt=0)
+    max_video_frames: int = Field(3600, gt=0)
+    max_media_items: int = Field(16, gt=0)  # per request, all turns together
+    max_prompt_chars: int = Field(8000, gt=0)
+    max_new_tokens: int = Field(1024, gt=0)
+    max_steps: int = Field(200, gt=0)  # diffusion steps of one artifact
+
+
+class SafetySettings(_Strict):
+    """The default content filter (off by default): refuse prompts, and withhold replies, that contain
+    any of these words. A custom filter is any callable set with `AnyGPT.set_content_filter`."""
+
+    enabled: bool = False
+    blocked_words: list[str] = Field(default_factory=list)
+
+
 class AnyGPTConfig(_Strict):
     name: str = "custom"
     llm: LLMConfig
@@ -120,6 +146,8 @@ class AnyGPTConfig(_Strict):
     max_new_tokens: int = 64
     temperature: float = 0.0
     max_outputs_per_reply: int = 4
+    limits: LimitSettings = LimitSettings()
+    safety: SafetySettings = SafetySettings()
 
     @field_validator("decoders", "signal_tokens")
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TextStreamer
 
 from decoders import DECODERS, Decoder, DecoderError
-from encoders import ImageBindConfig, ImageBindEncoder, MediaError
+from encoders import ImageBindConfig, ImageBindEncoder, InputLimits, MediaError
 
 from anygpt.config import (INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, DecoderSettings, EncoderSettings,
                            preset, resolve_path, shipped_tiny)
@@ -88,9 +89,23 @@ class AnyGPT:
     def __init__(self, model: AnyGPTModel, config: AnyGPTConfig, trained: bool = False, device: str = "cpu"):
         self.model = model.eval()
         self.config = config
+        lim = config.limits  # the encoder enforces the media limits, from file headers where it can
+        model.encoder.limits = InputLimits(max_bytes=lim.max_upload_bytes, max_pixels=lim.max_pixels,
+                                           max_audio_seconds=lim.max_audio_seconds,
+                                           max_video_seconds=lim.max_video_seconds,
+                                           max_video_frames=lim.max_video_frames)
         self.trained = trained  # False: projectors and signal rows are random (never present output as a result)
         self.device = device
         self._decoders: dict[str, Decoder] = {}
+        self._decoder_lock = threading.Lock()
+        self.content_filter: Callable[[str], str | None] | None = None
+        if config.safety.enabled:
+            self.content_filter = KeywordFilter(config.safety.blocked_words)
+
+    def set_content_filter(self, check: Callable[[str], str | None] | None) -> None:
+        """A filter on prompts and replies: `check(text)` returns why the text is refused, or None.
+        Prompts it refuses raise InputError; replies it refuses are withheld (words and media)."""
+        self.content_filter = check
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -124,6 +139,14 @@ class AnyGPT:
         config = AnyGPTConfig.parse(json.loads((folder / "config.json").read_text()), source=str(folder / "config.json"))
         return cls.from_config(config, weights=folder, **kwargs)
 
+    @classmethod
+    def from_nextgpt(cls, checkpoint: str | os.PathLike, **kwargs) -> "AnyGPT":
+        """NExT-GPT's released delta checkpoint (pytorch_model.pt), unchanged, on its frozen parts:
+        `vicuna=, imagebind=, sd=, audioldm=, zeroscope=` paths, or `config=`. See anygpt.nextgpt."""
+        from anygpt.nextgpt import load_nextgpt
+
+        return load_nextgpt(checkpoint, **kwargs)[0]
+
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """config.json (with references to the frozen parts) + anygpt.safetensors (+ lora/ when enabled)."""
         folder = Path(folder)
@@ -136,10 +159,11 @@ class AnyGPT:
 
     # -- decoders -----------------------------------------------------------------------------
     def decoder(self, modality: str) -> Decoder:
-        """The decoder of an output modality, loaded on first use."""
-        if modality not in self._decoders:
-            self._decoders[modality] = build_decoder(modality, self.config.decoders[modality], self.device)
-        return self._decoders[modality]
+        """The decoder of an output modality, loaded on first use (once, even under concurrent requests)."""
+        with self._decoder_lock:
+            if modality not in self._decoders:
+                self._decoders[modality] = build_decoder(modality, self.config.decoders[modality], self.device)
+            return self._decoders[modality]
 
     @property
     def loaded_decoders(self) -> list[str]:
@@ -191,7 +215,15 @@ class AnyGPT:
         prompt = request.prompt
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("the prompt is empty: say what you want")
+        limits = self.config.limits
+        if len(prompt) > limits.max_prompt_chars:
+            raise InputError(f"the prompt is {len(prompt)} characters, over the limit of {limits.max_prompt_chars}")
+        if self.content_filter is not None and (reason := self.content_filter(prompt)):
+            raise InputError(f"the prompt was refused by the content filter: {reason}")
         turns = list(request.history) + [Turn("user", prompt, items)]
+        n_media = sum(len(t.media) for t in turns)
+        if n_media > limits.max_media_items:
+            raise InputError(f"{n_media} media items in the conversation, over the limit of {limits.max_media_items}")
         trace = Trace(seed=opts.seed, model_ids=self.model_ids())
         timings = trace.timings
 
@@ -231,8 +263,11 @@ class AnyGPT:
                                            "seed": plan.options.seed + i})
         plan.trace.raw_reply = self.model.tokenizer.decode(plan.reply_ids, skip_special_tokens=False)
         history_out = plan.turns + [Turn("assistant", plan.trace.raw_reply)]
-        return Response(text=self.model.reply_text(plan.reply_ids), artifacts=plan.artifacts, trace=plan.trace,
-                        history=history_out)
+        text, artifacts = self.model.reply_text(plan.reply_ids), plan.artifacts
+        if self.content_filter is not None and (reason := self.content_filter(text)):
+            text, artifacts = f"[reply withheld by the content filter: {reason}]", []
+            plan.trace.signal_runs = []
+        return Response(text=text, artifacts=artifacts, trace=plan.trace, history=history_out)
 
     def model_ids(self) -> dict[str, str]:
         ids = {"llm": self.config.llm.describe(),
@@ -265,6 +300,11 @@ class AnyGPT:
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise InputError(f"bad chat options: {problems}") from None
+        limits = self.config.limits
+        for name, value, limit in (("max_new_tokens", opts.max_new_tokens, limits.max_new_tokens),
+                                   ("num_inference_steps", opts.num_inference_steps, limits.max_steps)):
+            if value is not None and not 1 <= value <= limit:
+                raise InputError(f"{name} must be from 1 to {limit} (the config's limit), got {value}")
         for field in ("outputs", "force"):
             unknown = [m for m in getattr(opts, field) if m not in OUTPUT_MODALITIES]
             if unknown:
@@ -303,6 +343,21 @@ def _decode_key(opts: ChatOptions) -> tuple:
     """Artifacts decode together only when every decoding option is the same."""
     return (opts.num_inference_steps, opts.guidance_scale, opts.height, opts.width, opts.audio_length_in_s,
             opts.num_frames)
+
+
+class KeywordFilter:
+    """The default content filter: refuses text containing any of its words (whole words, any case)."""
+
+    def __init__(self, words: Sequence[str]):
+        import re
+
+        self.words = [w for w in words if w.strip()]
+        self._pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in self.words) + r")\b", re.IGNORECASE) \
+            if self.words else None
+
+    def __call__(self, text: str) -> str | None:
+        match = self._pattern.search(text) if self._pattern else None
+        return f"it contains the blocked word {match.group(0)!r}" if match else None
 
 
 class _TextCallback(TextStreamer):

@@ -156,6 +156,10 @@ def load_script(path: str | os.PathLike) -> list[Job]:
         if not isinstance(raw, dict):
             raise ScriptError(f"{where}: a job is a mapping, got {type(raw).__name__}")
         raw = dict(raw)
+        for key, value in (("vars", raw.get("vars")), ("options", raw.get("options")),
+                           ("defaults.options", defaults.get("options"))):
+            if value is not None and not isinstance(value, dict):
+                raise ScriptError(f"{where}: `{key}` is a mapping, got {type(value).__name__}")
         job_vars = {**variables, **(raw.pop("vars", None) or {})}
         merged = {**defaults, **raw}
         merged["options"] = {**(defaults.get("options") or {}), **(raw.get("options") or {})}
