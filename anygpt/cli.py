@@ -126,6 +126,35 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+@app.command("convert-nextgpt")
+def convert_nextgpt_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="NExT-GPT's pytorch_model.pt (or the folder holding it).")],
+    out: Annotated[Path, typer.Option(help="Folder to write (save_pretrained: config.json + safetensors).")],
+    vicuna: Annotated[Optional[Path], typer.Option(help="Vicuna-7B v0, an HF folder.")] = None,
+    imagebind: Annotated[Optional[Path], typer.Option(help="imagebind_huge.pth.")] = None,
+    sd: Annotated[Optional[Path], typer.Option(help="Stable Diffusion v1.5, a diffusers folder.")] = None,
+    audioldm: Annotated[Optional[Path], typer.Option(help="AudioLDM-l-full, a diffusers folder.")] = None,
+    zeroscope: Annotated[Optional[Path], typer.Option(help="ZeroScope-v2-576w, a diffusers folder.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A config naming the frozen parts (instead of the "
+                                                        "five paths).")] = None,
+) -> None:
+    """Convert NExT-GPT's released delta checkpoint into this project's own folder (no pickle needed later)."""
+    import warnings
+
+    from anygpt.nextgpt import NextGPTWarning, convert_nextgpt
+
+    try:
+        with warnings.catch_warnings():  # the report below says the same
+            warnings.simplefilter("ignore", NextGPTWarning)
+            report = convert_nextgpt(checkpoint, out, config=config, vicuna=vicuna, imagebind=imagebind, sd=sd,
+                                     audioldm=audioldm, zeroscope=zeroscope)
+    except AnyGPTError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    console.print(report.summary())
+    console.print(f"wrote {out}")
+
+
 @app.command()
 def toyworld(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
