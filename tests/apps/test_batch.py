@@ -111,8 +111,10 @@ jobs: [{prompt: draw a red circle}, {prompt: draw a blue square, seed: 5}, {prom
     calls.clear()
     run_script(tiny, jobs, tmp_path / "one-by-one", batch_size=1, progress=False)
     assert calls == [(1, [0]), (1, [5]), (1, [0])]
-    same = [Image.open(tmp_path / d / "job-0001" / "image_0.png").tobytes() for d in ("out", "one-by-one")]
-    assert same[0] == same[1]  # batching does not change a job's result
+    import numpy as np
+
+    same = [np.asarray(Image.open(tmp_path / d / "job-0001" / "image_0.png"), dtype=int) for d in ("out", "one-by-one")]
+    assert np.abs(same[0] - same[1]).max() <= 2  # batching does not change a job's result (beyond float rounding)
 
 
 def test_a_failing_job_is_reported_and_the_others_finish(tiny, tmp_path, media_dir):

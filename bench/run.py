@@ -1,0 +1,206 @@
+"""AnyGPT benchmarks: where a request's time goes, on the `tiny` preset (or --preset/--config).
+
+    make bench                       # the table
+    .venv/bin/python bench/run.py --json --runs 5
+
+Figures (issue 10's targets in brackets):
+- cold start: a fresh process importing anygpt, loading the preset and answering one text
+  request; the second of two starts, so the dequantised LLM cache is warm [<= 10 s on 2 cores];
+- per request kind (median of --runs): end to end, split into encode / llm / project / decode;
+- pipeline overhead: end to end minus the raw component calls (ImageBind forward, the LLM's
+  generate, the projector, the diffusers pipeline call) timed in the same process on the same
+  inputs [<= 5%];
+- batch: scripted jobs per minute, decoded together vs one by one [>= 1.5x];
+- peak resident memory: a full run, and a text-only run that never loads a decoder [<= 2.5 GB].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KINDS = {  # name: (prompt, force, needs an image)
+    "text->text": ("What is the capital of France?", (), False),
+    "text->image": ("draw a red circle", ("image",), False),
+    "text->audio": ("play a rising sweep", ("audio",), False),
+    "text->video": ("animate a blue square moving right", ("video",), False),
+    "image+text->text": ("what colour is the shape?", (), True),
+}
+
+
+def _child(code: str) -> dict:
+    """Run `code` in a fresh Python; it prints one JSON line last."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+COLD = """
+import json, resource, time
+t = time.perf_counter()
+from anygpt import AnyGPT
+m = AnyGPT.from_preset({preset!r}) if {config!r} is None else AnyGPT.from_config({config!r})
+r = m.chat("What is the capital of France?", outputs=(), max_new_tokens=16)
+s = time.perf_counter() - t
+print(json.dumps({{"seconds": s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+FULL_MEMORY = """
+import json, resource
+from anygpt import AnyGPT
+m = AnyGPT.from_preset({preset!r}) if {config!r} is None else AnyGPT.from_config({config!r})
+for force in (("image",), ("audio",), ("video",)):
+    m.chat("make something", force=force, max_new_tokens=8)
+print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "decoders": m.loaded_decoders}}))
+"""
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+@torch.inference_mode()
+def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int) -> tuple[float, float]:
+    """(median end to end, median sum of the raw component calls) on the same inputs."""
+    from anygpt.model import Turn
+
+    model = app.model
+    e2e, raw = [], []
+    for i in range(runs):
+        media = {"image": str(image)} if image else {}
+        model.encoder.clear_cache()
+        t = time.perf_counter()
+        r = app.chat(prompt, force=force, max_new_tokens=16, seed=i, **media)
+        e2e.append(time.perf_counter() - t)
+
+        model.encoder.clear_cache()
+        spent = 0.0
+        turns = [Turn("user", prompt, [("image", str(image))] if image else [])]
+        ids = model.tokenize(turns)
+        t = time.perf_counter()
+        emb = model.encoder.encode("image", [str(image)]) if image else None  # ImageBind forward
+        spent += time.perf_counter() - t
+        embeds = model.splice_media(ids, model.input_projector(emb) if emb is not None else torch.empty(0, 1))
+        reply = r.trace.raw_reply
+        t = time.perf_counter()
+        model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                           max_new_tokens=len(model.tokenizer(reply, add_special_tokens=False).input_ids) or 1,
+                           min_new_tokens=1, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+        spent += time.perf_counter() - t
+        runs_ = model.find_runs(model.tokenizer(reply, add_special_tokens=False).input_ids)
+        ids_reply = model.tokenizer(reply, add_special_tokens=False).input_ids
+        t = time.perf_counter()
+        cond = model.signal_conditioning(embeds, ids_reply, runs_)  # one forward + the projector
+        spent += time.perf_counter() - t
+        for run, c in zip(runs_, cond):
+            dec = app.decoder(run.modality)
+            settings = app.config.decoders[run.modality]
+            size = {k: int(v) if k in ("height", "width", "num_frames") else v for k, v in settings.size.items()}
+            t = time.perf_counter()
+            dec.pipeline(prompt_embeds=dec._pipeline_embeds(c[None]),
+                         negative_prompt_embeds=dec._pipeline_embeds(dec.unconditional_embeds()[None]),
+                         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                         generator=torch.Generator().manual_seed(i), output_type="np",
+                         **dec._size_kwargs(**size)[0])
+            spent += time.perf_counter() - t
+        raw.append(spent)
+    return _median(e2e), _median(raw)
+
+
+def batch_throughput(app, jobs: int) -> dict[str, float]:
+    from apps.batch import Job, run_script
+
+    todo = [Job(id=f"j{i}", prompt=f"draw shape {i}", outputs=["image"], seed=i, options={"max_new_tokens": 8})
+            for i in range(jobs)]
+    rates = {}
+    for name, size in (("batched", jobs), ("one_by_one", 1)):
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            summary = run_script(app, todo, out, batch_size=size, progress=False)
+            assert summary.ok
+            rates[f"{name}_jobs_per_min"] = 60 * jobs / (time.perf_counter() - t)
+    rates["speedup"] = rates["batched_jobs_per_min"] / rates["one_by_one_jobs_per_min"]
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from anygpt import AnyGPT
+
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                                f"{torch.get_num_threads()} threads"}
+    code = COLD.format(preset=args.preset, config=args.config)
+    _child(code)  # the first start fills the caches
+    results["cold_start"] = _child(code)
+    results["peak_memory_all_decoders"] = _child(FULL_MEMORY.format(preset=args.preset, config=args.config))
+
+    app = AnyGPT.from_preset(args.preset) if args.config is None else AnyGPT.from_config(args.config)
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / "shape.png"
+        pixels = np.full((64, 64, 3), 30, np.uint8)
+        pixels[16:48, 16:48] = (220, 30, 30)
+        Image.fromarray(pixels).save(image)
+        requests = {}
+        for name, (prompt, force, needs_image) in KINDS.items():
+            media = {"image": str(image)} if needs_image else {}
+            app.chat(prompt, force=force, max_new_tokens=16, **media)  # warm-up: loads the decoder
+            stages: dict[str, list[float]] = {}
+            for i in range(args.runs):
+                app.model.encoder.clear_cache()
+                r = app.chat(prompt, force=force, max_new_tokens=16, seed=i, **media)
+                for k, v in r.trace.timings.items():
+                    stages.setdefault(k, []).append(v)
+            e2e, raw = raw_components(app, prompt, force, image if needs_image else None, args.runs)
+            requests[name] = {"end_to_end_s": e2e, **{f"{k}_s": _median(v) for k, v in stages.items()},
+                              "raw_components_s": raw, "overhead_pct": 100 * (e2e - raw) / e2e}
+        results["requests"] = requests
+    results["batch"] = batch_throughput(app, args.jobs)
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"AnyGPT bench ({args.preset}) on {results['machine']}")
+    for col in ("request", "end to end s", "encode", "llm", "project", "decode", "raw calls s", "overhead"):
+        table.add_column(col, justify="right")
+    for name, row in results["requests"].items():
+        decode = sum(v for k, v in row.items() if k.startswith("decode_"))
+        table.add_row(name, f"{row['end_to_end_s']:.2f}", f"{row.get('encode_s', 0):.2f}", f"{row.get('llm_s', 0):.2f}",
+                      f"{row.get('project_s', 0):.2f}", f"{decode:.2f}", f"{row['raw_components_s']:.2f}",
+                      f"{row['overhead_pct']:.1f}%")
+    console = Console()
+    console.print(table)
+    b = results["batch"]
+    console.print(f"cold start to first reply: {results['cold_start']['seconds']:.1f} s "
+                  f"(peak RSS {results['cold_start']['peak_rss_mb']:.0f} MB, no decoder loaded)")
+    console.print(f"peak RSS with all three decoders: {results['peak_memory_all_decoders']['peak_rss_mb']:.0f} MB")
+    console.print(f"batch of {args.jobs} image jobs: {b['batched_jobs_per_min']:.1f} jobs/min batched, "
+                  f"{b['one_by_one_jobs_per_min']:.1f} one by one ({b['speedup']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
