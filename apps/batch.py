@@ -51,6 +51,13 @@ class ScriptError(InputError):
     """A script that cannot be read or run: the message names the file, the job and the problem."""
 
 
+def _known(value, known: tuple[str, ...], kind: str):
+    unknown = set(value) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {kind} modality {sorted(unknown)}; known: {list(known)}")
+    return value
+
+
 class Job(BaseModel):
     """One job of a script, after defaults and templating."""
 
@@ -81,18 +88,12 @@ class Job(BaseModel):
     @field_validator("inputs")
     @classmethod
     def _known_inputs(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        unknown = set(value) - set(INPUT_MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown input modality {sorted(unknown)}; known: {list(INPUT_MODALITIES)}")
-        return value
+        return _known(value, INPUT_MODALITIES, "input")
 
     @field_validator("outputs")
     @classmethod
     def _known_outputs(cls, value: list[str]) -> list[str]:
-        unknown = set(value) - set(OUTPUT_MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown output modality {sorted(unknown)}; known: {list(OUTPUT_MODALITIES)}")
-        return value
+        return _known(value, OUTPUT_MODALITIES, "output")
 
     @field_validator("options")
     @classmethod

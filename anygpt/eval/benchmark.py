@@ -65,8 +65,6 @@ def eval_decoder(decoder, modality: str, n: int = 48, *, steps: int = 25, guidan
                  batch: int = 16, conditioning=None, keep: list | None = None, **size) -> dict[str, float]:
     """Text -> media through the decoder's own text encoder (or the given `conditioning`, e.g. from
     the LLM), judged by the model-free probes on held-out captions. `keep` collects (caption, artifact)."""
-    from anygpt.eval import probes
-
     examples = heldout_examples(modality, n)
     captions = [c for _, _, c in examples]
     embeds = decoder.encode_text(captions) if conditioning is None else conditioning
@@ -78,12 +76,7 @@ def eval_decoder(decoder, modality: str, n: int = 48, *, steps: int = 25, guidan
         keep += list(zip(captions, artifacts))
     hits = {a: [] for a in DECODER_ATTRIBUTES[modality]}
     for (spec, _, _), artifact in zip(examples, artifacts):
-        if modality == "image":
-            found = probes.probe_image(np.asarray(artifact.image.convert("RGB")))
-        elif modality == "audio":
-            found = probes.probe_audio(artifact.waveform, artifact.sample_rate)
-        else:
-            found = probes.probe_video(artifact.frames)
+        found = _probe(artifact, modality)
         for a in hits:
             hits[a].append(found.get(a) == spec.labels()[a])
     return {f"text_to_{modality}_{a}": float(np.mean(v)) for a, v in hits.items()}
@@ -167,7 +160,7 @@ def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: 
             for key, value in expect["answer"].items():
                 scores[f"{about}_to_text_{key}"].append(_labels_in(r.text, about).get(key) == value)
             wanted = [o for t in dialog["turns"] if t["role"] == "assistant" for o in t.get("outputs", [])]
-            for m in OUTPUT_PROBED:
+            for m in DECODER_ATTRIBUTES:
                 targets = [_labels_in(o["caption"], m) for o in wanted if o["modality"] == m]
                 artifacts = [a for a in r.artifacts if a.meta["modality"] == m]
                 for target, artifact in zip(targets, artifacts + [None] * len(targets)):
@@ -179,5 +172,3 @@ def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: 
                 keep.append((dialog, r))
     return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
 
-
-OUTPUT_PROBED = ("image", "audio", "video")
