@@ -5,10 +5,17 @@ conditioning. `splice_media` is the one place where encoder tokens are put into 
 text embeddings (LLaVA's `prepare_inputs_labels_for_multimodal`); `generate` writes
 text and signal tokens; `signal_conditioning` turns the hidden states at each run of
 signal tokens into a decoder's `prompt_embeds`.
+
+The fast path: `generate_batch` runs several prompts through one `generate` call (left
+padding), and keeps the last-layer hidden state of every token it feeds back, so the signal
+tokens' states come from generation itself instead of a second forward pass. For inference
+the LoRA adapter is merged into the base weights (`merge_lora`); `train()` unmerges it.
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +44,39 @@ class SignalRun:
 
     modality: str
     positions: list[int]  # indices into the generated ids
+
+
+@dataclass
+class Reply:
+    """What the LLM wrote for one prompt: its token ids (signal tokens included, end-of-turn
+    dropped), how many tokens it generated (the end token included), and the last-layer hidden
+    states [n, H] of `ids[:n]`, the tokens that generation fed back through the model."""
+
+    ids: list[int]
+    generated: int = 0
+    hidden: torch.Tensor | None = None
+
+
+class _LastHidden:
+    """A forward hook on the LM head: its input is the last layer's (normed) hidden state, the
+    same tensor as `hidden_states[-1]`. While a thread collects, each forward's last position is
+    kept: the prefill's last prompt token, then one generated token per step."""
+
+    def __init__(self):
+        self.local = threading.local()
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        steps = getattr(self.local, "steps", None)
+        if steps is not None:
+            steps.append(args[0][:, -1].detach().float())
+
+    @contextmanager
+    def collect(self):
+        self.local.steps = steps = []
+        try:
+            yield steps
+        finally:
+            self.local.steps = None
 
 
 class SignalRunProcessor(LogitsProcessor):
@@ -98,6 +138,36 @@ class AnyGPTModel(nn.Module):
             for m, d in config.decoders.items() if m in config.signal_tokens
         })
         self.reserved = [MEDIA_TOKEN] + [t for toks in self.signal.tokens.values() for t in toks]
+        self._last_hidden = _LastHidden()  # no LM head module (rare): signal_conditioning runs its own forward
+        if self.llm.get_output_embeddings() is not None:
+            self.llm.get_output_embeddings().register_forward_hook(self._last_hidden)
+        self._lora_lock = threading.Lock()
+
+    # -- 0. inference and training modes ------------------------------------------------------
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapter into the base weights (peft's merge_adapter): the same function,
+        without the adapter's extra matmuls on every layer. Idempotent and thread-safe."""
+        if self.config.lora.enabled:
+            with self._lora_lock:
+                if not any(getattr(m, "merged", False) for m in self._lora_layers()):
+                    self.llm.merge_adapter()
+
+    def unmerge_lora(self) -> None:
+        if self.config.lora.enabled:
+            with self._lora_lock:
+                if any(getattr(m, "merged", False) for m in self._lora_layers()):
+                    self.llm.unmerge_adapter()
+
+    def _lora_layers(self) -> list[nn.Module]:
+        from peft.tuners.lora import LoraLayer
+
+        return [m for m in self.llm.modules() if isinstance(m, LoraLayer)]
+
+    def train(self, mode: bool = True) -> "AnyGPTModel":
+        """Training needs the adapter apart from the base weights (its gradients, its saved state)."""
+        if mode:
+            self.unmerge_lora()
+        return super().train(mode)
 
     # -- 1. prompt ----------------------------------------------------------------------------
     def render(self, turns: list[Turn], add_generation_prompt: bool = True) -> str:
@@ -142,33 +212,65 @@ class AnyGPTModel(nn.Module):
 
     # -- 3. generate --------------------------------------------------------------------------
     def generate(self, inputs_embeds: torch.Tensor, *, max_new_tokens: int, temperature: float, seed: int,
-                 allowed: set[str], force: set[str] = frozenset(), streamer: Any = None) -> list[int]:
-        """Write the reply; returns its token ids (signal tokens included, end-of-turn dropped).
+                 allowed: set[str], force: set[str] = frozenset(), streamer: Any = None) -> Reply:
+        """Write the reply to one prompt ([1, L, H] embeddings); see `generate_batch`.
+        `streamer` is a transformers streamer that sees each token as it is written."""
+        return self.generate_batch([inputs_embeds], max_new_tokens=max_new_tokens, temperature=temperature,
+                                   seed=seed, allowed=allowed, force=force, streamer=streamer)[0]
 
-        `force` is a test and UI hook: a forced modality whose run the LLM did not write gets one
-        appended, so its artifact is still made from the LLM's own hidden states. `streamer` is a
-        transformers streamer that sees each token as it is written.
+    def generate_batch(self, prompts: list[torch.Tensor], *, max_new_tokens: int, temperature: float, seed: int,
+                       allowed: set[str], force: set[str] = frozenset(), streamer: Any = None) -> list[Reply]:
+        """Write the replies to several prompts (each [1, L_i, H]) in one `generate` call.
+
+        Prompts are left-padded under an attention mask, so each reply is the one it would get
+        alone (up to float rounding). `force` is a test and UI hook: a forced modality whose run
+        the LLM did not write gets one appended, so its artifact is still made from the LLM's own
+        hidden states. Sampling (temperature > 0) draws from one seeded generator for the batch.
         """
         processor = SignalRunProcessor(self.signal, allowed, [self.media_token_id],
                                        self.config.max_outputs_per_reply, prompt_len=0)
         eos = self.llm.generation_config.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        with torch.random.fork_rng():
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(eos_ids))
+        embeds, mask = self._left_pad(prompts, pad)
+        with torch.random.fork_rng(), self._last_hidden.collect() as steps:
             torch.manual_seed(seed)
-            ids = self.llm.generate(
-                inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
+            sequences = self.llm.generate(
+                inputs_embeds=embeds, attention_mask=mask,
                 max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
                 logits_processor=LogitsProcessorList([processor]), pad_token_id=pad, eos_token_id=eos,
                 streamer=streamer,
-            )[0].tolist()
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        while ids and ids[-1] in eos_ids | {pad}:
-            ids.pop()
-        for m in self.signal.ids:
-            if m in force and not any(r.modality == m for r in self.find_runs(ids)):
-                ids += list(self.signal.ids[m])
-        return ids
+            )
+        # steps[0] is the prefill's last prompt token; steps[k] is generated token k-1, fed back at step k.
+        fed = torch.stack(steps[1:], dim=1) if len(steps) > 1 else None
+        replies = []
+        for row, seq in enumerate(sequences.tolist()):
+            end = next((i for i, t in enumerate(seq) if t in eos_ids), None)
+            ids = seq if end is None else seq[:end]
+            generated = len(ids) + (end is not None)
+            while ids and ids[-1] == pad:
+                ids = ids[:-1]
+            n = min(len(ids), fed.shape[1]) if fed is not None else 0
+            hidden = fed[row, :n] if n else None
+            for m in self.signal.ids:
+                if m in force and not any(r.modality == m for r in self.find_runs(ids)):
+                    ids = ids + list(self.signal.ids[m])
+            replies.append(Reply(ids, generated, hidden))
+        return replies
+
+    def _left_pad(self, prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, L_i, H] prompts -> ([B, L, H] embeddings, [B, L] mask), padded on the left."""
+        if len(prompts) == 1:
+            return prompts[0], torch.ones(prompts[0].shape[:2], dtype=torch.long)
+        length = max(p.shape[1] for p in prompts)
+        pad_row = self.llm.get_input_embeddings()(torch.tensor([pad])).to(prompts[0])
+        embeds = pad_row.expand(len(prompts), length, -1).clone()
+        mask = torch.zeros(len(prompts), length, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            embeds[b, length - p.shape[1]:] = p[0]
+            mask[b, length - p.shape[1]:] = 1
+        return embeds, mask
 
     def find_runs(self, ids: list[int]) -> list[SignalRun]:
         """Complete runs of signal tokens in generated ids (a run cut off by max_new_tokens is ignored)."""
@@ -189,20 +291,25 @@ class AnyGPTModel(nn.Module):
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # -- 4. signal tokens -> decoder conditioning ---------------------------------------------
-    def signal_conditioning(self, inputs_embeds: torch.Tensor, ids: list[int],
-                            runs: list[SignalRun]) -> list[torch.Tensor]:
-        """For each run: last-layer hidden states + input embeddings at its tokens -> projector -> [tokens, dim]."""
+    def signal_conditioning(self, inputs_embeds: torch.Tensor, ids: list[int], runs: list[SignalRun],
+                            hidden: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """For each run: last-layer hidden states + input embeddings at its tokens -> projector -> [tokens, dim].
+
+        `hidden` ([n, H], the states of `ids[:n]` kept by `generate`) saves the forward pass; runs
+        reaching past it (a forced run, or one cut at max_new_tokens) get one forward over prompt + reply.
+        """
         if not runs:
             return []
         reply = torch.tensor(ids)[None]
         reply_embeds = self.llm.get_input_embeddings()(reply)
-        full = torch.cat([inputs_embeds, reply_embeds.to(inputs_embeds)], dim=1)
-        hidden = self.llm(inputs_embeds=full, output_hidden_states=True).hidden_states[-1]
-        offset = inputs_embeds.shape[1]
+        last = max(run.positions[-1] for run in runs)
+        if hidden is None or last >= hidden.shape[0]:
+            full = torch.cat([inputs_embeds, reply_embeds.to(inputs_embeds)], dim=1)
+            hidden = self.llm(inputs_embeds=full, output_hidden_states=True).hidden_states[-1][0, inputs_embeds.shape[1]:]
         out = []
         for run in runs:
             pos = torch.tensor(run.positions)
-            h = hidden[:, offset + pos].float()
+            h = hidden[pos][None].float()
             e = reply_embeds[:, pos].float()
             out.append(self.output_projectors[run.modality](h, e)[0])
         return out

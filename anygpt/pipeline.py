@@ -187,9 +187,11 @@ class AnyGPT:
 
     def chat_batch(self, requests: Sequence["ChatRequest"], on_text: Callable[[str], None] | None = None
                    ) -> list[Response]:
-        """Answer several independent requests; the artifacts of one modality are decoded together,
-        in one pipeline call, across all the requests (what scripted generation batches)."""
-        plans = [self._plan(r, on_text) for r in requests]
+        """Answer several independent requests. Greedy requests that agree on their generation
+        settings share one LLM `generate` call, and the artifacts of one modality are decoded
+        together, in one pipeline call, across all the requests (what scripted generation batches)."""
+        plans = [self._prepare(r) for r in requests]
+        self._write(plans, on_text)
         # 5. decode: all artifacts of a modality (across requests) in one pipeline call per options set
         groups: dict[tuple, list[tuple[int, int]]] = {}
         for p, plan in enumerate(plans):
@@ -207,8 +209,8 @@ class AnyGPT:
                 plans[p].trace.timings[f"decode_{modality}"] = spent
         return [self._response(plan) for plan in plans]
 
-    def _plan(self, request: "ChatRequest", on_text: Callable[[str], None] | None) -> "_Plan":
-        """Steps 1-4 of a request: check inputs, encode media, generate, project the signal tokens."""
+    def _prepare(self, request: "ChatRequest") -> "_Plan":
+        """Steps 1-2 of a request: check inputs, encode media into the prompt's embeddings."""
         # 1. check inputs
         opts = request.options if isinstance(request.options, ChatOptions) else self._options(None, request.options)
         items = _collect_media({}, request.media)
@@ -225,10 +227,9 @@ class AnyGPT:
         if n_media > limits.max_media_items:
             raise InputError(f"{n_media} media items in the conversation, over the limit of {limits.max_media_items}")
         trace = Trace(seed=opts.seed, model_ids=self.model_ids())
-        timings = trace.timings
 
+        # 2. encode media (every turn's; the encoder caches by content, so earlier turns cost nothing)
         with torch.inference_mode():
-            # 2. encode media (every turn's; the encoder caches by content, so earlier turns cost nothing)
             t = time.perf_counter()
             input_ids = self.model.tokenize(turns)
             all_media = [item for turn in turns for item in turn.media]
@@ -237,23 +238,41 @@ class AnyGPT:
             except MediaError as e:
                 raise InputError(str(e)) from None
             inputs_embeds = self.model.splice_media(input_ids, media_embeds)
-            timings["encode"] = time.perf_counter() - t
+            trace.timings["encode"] = time.perf_counter() - t
+        return _Plan(opts, turns, trace, inputs_embeds)
 
-            # 3. the LLM writes text and signal tokens
-            t = time.perf_counter()
-            reply_ids = self.model.generate(
-                inputs_embeds, max_new_tokens=opts.max_new_tokens or self.config.max_new_tokens,
-                temperature=self.config.temperature if opts.temperature is None else opts.temperature,
-                seed=opts.seed, allowed=set(opts.outputs), force=set(opts.force),
-                streamer=_TextCallback(self.model.tokenizer, on_text) if on_text else None)
-            timings["llm"] = time.perf_counter() - t
-
-            # 4. hidden states at each run of signal tokens -> the decoder's prompt_embeds
-            t = time.perf_counter()
-            runs = self.model.find_runs(reply_ids)
-            conditioning = self.model.signal_conditioning(inputs_embeds, reply_ids, runs)
-            timings["project"] = time.perf_counter() - t
-        return _Plan(opts, turns, trace, reply_ids, runs, conditioning, [None] * len(runs))
+    def _write(self, plans: list["_Plan"], on_text: Callable[[str], None] | None) -> None:
+        """Steps 3-4: the LLM writes each reply, then the hidden states at each run of signal tokens
+        become the decoder's prompt_embeds. Greedy requests with the same length limit and outputs
+        share one generate call; sampled or streamed ones go alone (their own seed, their own stream)."""
+        self.model.merge_lora()
+        groups: dict[tuple, list[_Plan]] = {}
+        for n, plan in enumerate(plans):
+            o = plan.options
+            temperature = self.config.temperature if o.temperature is None else o.temperature
+            shared = temperature == 0 and on_text is None
+            key = (o.max_new_tokens or self.config.max_new_tokens, temperature, tuple(sorted(o.outputs)),
+                   tuple(sorted(o.force)), None if shared else n)
+            groups.setdefault(key, []).append(plan)
+        for (max_new_tokens, temperature, outputs, force, _), members in groups.items():
+            with torch.inference_mode():
+                # 3. the LLM writes text and signal tokens
+                t = time.perf_counter()
+                replies = self.model.generate_batch(
+                    [plan.inputs_embeds for plan in members], max_new_tokens=max_new_tokens, temperature=temperature,
+                    seed=members[0].options.seed, allowed=set(outputs), force=set(force),
+                    streamer=_TextCallback(self.model.tokenizer, on_text) if on_text else None)
+                spent = time.perf_counter() - t
+                # 4. hidden states at each run of signal tokens -> the decoder's prompt_embeds
+                for plan, reply in zip(members, replies):
+                    plan.trace.timings["llm"] = spent
+                    plan.trace.generated_tokens = reply.generated
+                    t = time.perf_counter()
+                    plan.reply_ids, plan.runs = reply.ids, self.model.find_runs(reply.ids)
+                    plan.conditioning = self.model.signal_conditioning(plan.inputs_embeds, reply.ids, plan.runs,
+                                                                       reply.hidden)
+                    plan.artifacts = [None] * len(plan.runs)
+                    plan.trace.timings["project"] = time.perf_counter() - t
 
     def _response(self, plan: "_Plan") -> Response:
         tokens = self.model.tokenizer.convert_ids_to_tokens
@@ -328,15 +347,16 @@ class ChatRequest:
 
 @dataclass
 class _Plan:
-    """A request after the LLM: what is left is decoding its runs."""
+    """A request on its way: prepared (steps 1-2), then written and projected (3-4), then decoded (5)."""
 
     options: ChatOptions
     turns: list[Turn]
     trace: Trace
-    reply_ids: list[int]
-    runs: list
-    conditioning: list[torch.Tensor]
-    artifacts: list
+    inputs_embeds: torch.Tensor
+    reply_ids: list[int] = field(default_factory=list)
+    runs: list = field(default_factory=list)
+    conditioning: list[torch.Tensor] = field(default_factory=list)
+    artifacts: list = field(default_factory=list)
 
 
 def _decode_key(opts: ChatOptions) -> tuple:

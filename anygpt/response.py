@@ -24,6 +24,7 @@ class Trace:
     seed: int = 0
     model_ids: dict[str, str] = field(default_factory=dict)
     raw_reply: str = ""  # the LLM's reply with signal tokens, as it wrote it
+    generated_tokens: int = 0  # tokens the LLM generated (its end token included; forced runs not)
 
 
 @dataclass

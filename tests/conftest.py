@@ -37,6 +37,30 @@ def tiny():
 
     return AnyGPT.from_preset("tiny")
 
+@pytest.fixture(scope="session")
+def tiny_backbone_config(tiny, tmp_path_factory):
+    """A 2-layer Llama (no LoRA) with SmolLM2's tokenizer, saved as an HF folder: the stages run on any backbone."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anygpt.config import AnyGPTConfig, EncoderSettings, LLMConfig, ProjectorSettings, tiny_preset
+
+    folder = tmp_path_factory.mktemp("llm")
+    tokenizer = tiny.model.tokenizer.__class__.from_pretrained(tiny.model.tokenizer.name_or_path)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                       max_position_embeddings=512, tie_word_embeddings=True,
+                                       eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    base = tiny_preset()
+    return AnyGPTConfig(name="test-backbone", llm=LLMConfig(path=str(folder)), encoder=EncoderSettings(kind="tiny"),
+                        decoders=base.decoders, signal_tokens={"image": 2, "audio": 2, "video": 2},
+                        projector=ProjectorSettings(d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
+                                                    feedforward=64))
+
+
 def read_video(path):
     """(frames [F, H, W, 3] uint8, codec name) of a video file, via PyAV."""
     with av.open(str(path)) as container:

@@ -66,8 +66,8 @@ def test_signal_hidden_states_are_the_decoder_conditioning(tiny, monkeypatch):
     monkeypatch.setattr(type(decoder.pipeline), "__call__", spy)
     model = tiny.model
     replies = []
-    generate = model.generate
-    monkeypatch.setattr(model, "generate", lambda *a, **k: replies.append(generate(*a, **k)) or replies[-1])
+    generate = model.generate_batch
+    monkeypatch.setattr(model, "generate_batch", lambda *a, **k: replies.extend(generate(*a, **k)) or replies)
     r1 = tiny.chat("draw a red circle", force=("image",), outputs=("image",), **FAST)
     (args, kwargs), = calls
     assert not args and kwargs.get("prompt") is None and kwargs.get("negative_prompt") is None
@@ -75,7 +75,7 @@ def test_signal_hidden_states_are_the_decoder_conditioning(tiny, monkeypatch):
     # Recompute the conditioning from the LLM's own states, independently of the pipeline code path.
     with torch.inference_mode():
         embeds = model.splice_media(model.tokenize(r1.history[:-1]), torch.empty(0, 1))
-        ids = replies[0]
+        ids = replies[0].ids
         runs = model.find_runs(ids)
         expected = model.signal_conditioning(embeds, ids, runs)[0]
     assert torch.allclose(kwargs["prompt_embeds"][0].float(), expected, atol=1e-5)

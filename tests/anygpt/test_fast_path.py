@@ -1,0 +1,122 @@
+"""The fast path from request to media: hidden states kept from generation, batched generation,
+and the LoRA adapter merged for inference. Each must give what the plain path gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anygpt import AnyGPT
+from anygpt.model import Turn
+from anygpt.pipeline import ChatRequest
+
+FAST = dict(num_inference_steps=2, max_new_tokens=16)
+
+
+def _prompt(model, text, media=()):
+    turns = [Turn("user", text, list(media))]
+    media_embeds = model.encode_media(list(media)) if media else torch.empty(0, 1)
+    return model.splice_media(model.tokenize(turns), media_embeds)
+
+
+@torch.inference_mode()
+def test_generation_keeps_the_hidden_states_of_a_full_forward(tiny):
+    """Each token fed back during generation has the last-layer state a full forward pass gives it."""
+    model = tiny.model
+    embeds = _prompt(model, "What is the capital of France?")
+    reply = model.generate(embeds, max_new_tokens=10, temperature=0.0, seed=0, allowed=set())
+    assert reply.generated == len(reply.ids) + 1  # stopped at its end token, within the limit
+    assert reply.hidden is not None and reply.hidden.shape == (len(reply.ids), model.llm.config.hidden_size)
+    full = torch.cat([embeds, model.llm.get_input_embeddings()(torch.tensor(reply.ids)[None])], dim=1)
+    expected = model.llm(inputs_embeds=full, output_hidden_states=True).hidden_states[-1][0, embeds.shape[1]:]
+    assert torch.allclose(reply.hidden, expected, atol=1e-4)
+
+
+def test_a_written_run_is_projected_without_a_second_forward(tiny, monkeypatch):
+    """When the LLM writes the run itself, its conditioning comes from generation's own states
+    (no extra LLM forward) and equals the conditioning of a full forward pass."""
+    model = tiny.model
+    tiny.chat("draw a red circle", **FAST)  # warm: decoder loaded, LoRA merged
+    forwards = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(lambda m, a, o: forwards.append(a[0].shape[1]))
+    conditioning = []
+    project = model.signal_conditioning
+    monkeypatch.setattr(model, "signal_conditioning", lambda *a: conditioning.extend(project(*a)) or conditioning)
+    try:
+        r = tiny.chat("draw a red circle", outputs=("image",), **FAST)
+    finally:
+        hook.remove()
+    assert [run["modality"] for run in r.trace.signal_runs] == ["image"], r.trace.raw_reply
+    assert len(forwards) == r.trace.generated_tokens  # one forward a token: generation's, nothing after
+    with torch.inference_mode():
+        embeds = model.splice_media(model.tokenize(r.history[:-1]), torch.empty(0, 1))
+        ids = model.tokenizer(r.trace.raw_reply, add_special_tokens=False).input_ids
+        expected = project(embeds, ids, model.find_runs(ids))
+    assert torch.allclose(conditioning[0], expected[0], atol=1e-4)
+
+
+@torch.inference_mode()
+def test_batched_generation_equals_one_prompt_at_a_time(tiny, media_dir):
+    model = tiny.model
+    prompts = [_prompt(model, "What is the capital of France?"),
+               _prompt(model, "what colour is the shape?", [("image", str(media_dir / "red_square.png"))]),
+               _prompt(model, "draw a green triangle")]
+    assert len({p.shape[1] for p in prompts}) == 3  # different lengths: the batch is padded
+    options = dict(max_new_tokens=10, temperature=0.0, seed=0, allowed={"image"}, force={"image"})
+    together = model.generate_batch(prompts, **options)
+    alone = [model.generate(p, **options) for p in prompts]
+    for a, b in zip(together, alone):
+        assert a.ids == b.ids and a.generated == b.generated
+        assert torch.allclose(a.hidden, b.hidden, atol=1e-4)
+    assert any(a.generated < 10 for a in together) and any(a.generated == 10 for a in together)
+
+
+def test_chat_batch_shares_one_generate_call_and_answers_as_alone(tiny, monkeypatch):
+    prompts = ["What is the capital of France?", "draw a red circle", "play a rising tone"]
+    alone = [tiny.chat(p, seed=i, **FAST) for i, p in enumerate(prompts)]
+    calls = []
+    generate = tiny.model.llm.generate
+    monkeypatch.setattr(tiny.model.llm, "generate", lambda *a, **k: calls.append(k["inputs_embeds"].shape[0])
+                        or generate(*a, **k))
+    together = tiny.chat_batch([ChatRequest(p, options=dict(seed=i, **FAST)) for i, p in enumerate(prompts)])
+    assert calls == [3]
+    for a, b in zip(alone, together):
+        assert a.trace.raw_reply == b.trace.raw_reply and a.text == b.text
+        assert [x.meta["seed"] for x in a.artifacts] == [x.meta["seed"] for x in b.artifacts]
+
+    calls.clear()  # sampled requests keep their own seeds: each goes alone
+    tiny.chat_batch([ChatRequest(p, options=dict(temperature=0.7, **FAST)) for p in prompts[:2]])
+    assert calls == [1, 1]
+
+
+def test_merged_lora_gives_the_same_logits_and_training_unmerges_it(tiny_backbone_config):
+    """Merging the adapter for inference changes no output; train() takes it apart again, so
+    training sees (and saves) the adapter as it was."""
+    config = tiny_backbone_config
+    app = AnyGPT.from_config(config.model_copy(update={"lora": config.lora.model_copy(update={"enabled": True})}))
+    model = app.model
+    with torch.no_grad():  # a non-zero adapter, so merging changes the base weights
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    layer = next(m for n, m in model.llm.named_modules() if n.endswith("q_proj") and hasattr(m, "base_layer"))
+    base = layer.base_layer.weight.clone()
+    embeds = _prompt(model, "hello there")
+    with torch.inference_mode():
+        before = model.llm(inputs_embeds=embeds).logits
+        model.merge_lora()
+        model.merge_lora()  # idempotent
+        after = model.llm(inputs_embeds=embeds).logits
+    assert layer.merged and not torch.equal(layer.base_layer.weight, base)
+    assert torch.allclose(before, after, atol=1e-4)
+    model.train()
+    assert not layer.merged and torch.allclose(layer.base_layer.weight, base, atol=1e-6)
+    model.eval()
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_trace_counts_the_tokens_the_llm_wrote(tiny, kind):
+    r = tiny.chat("draw a red circle" if kind == "image" else "What is the capital of France?",
+                  outputs=("image",) if kind == "image" else (), **FAST)
+    written = tiny.model.tokenizer(r.trace.raw_reply, add_special_tokens=False).input_ids
+    assert r.trace.generated_tokens in (len(written), len(written) + 1)  # + its end token, unless cut at the limit
