@@ -114,12 +114,15 @@ class SignalRunProcessor(LogitsProcessor):
 
 class AnyGPTModel(nn.Module):
     def __init__(self, config: AnyGPTConfig, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 encoder: nn.Module):
+                 encoder: nn.Module, init_new_rows: bool = True):
+        """`init_new_rows=False`: the signal-token rows will be loaded from trained weights, so
+        their (slow) mean-and-covariance initialisation is skipped."""
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
         self.base_vocab = len(tokenizer)
-        self.signal, self.media_token_id = add_signal_tokens(llm, tokenizer, config.signal_tokens)
+        self.signal, self.media_token_id = add_signal_tokens(llm, tokenizer, config.signal_tokens,
+                                                                init_rows=init_new_rows)
         if config.lora.enabled:
             from peft import LoraConfig, get_peft_model
 
@@ -142,26 +145,24 @@ class AnyGPTModel(nn.Module):
         if self.llm.get_output_embeddings() is not None:
             self.llm.get_output_embeddings().register_forward_hook(self._last_hidden)
         self._lora_lock = threading.Lock()
+        self._lora_merged = False  # only merge_lora/unmerge_lora change it
 
     # -- 0. inference and training modes ------------------------------------------------------
     def merge_lora(self) -> None:
         """Fold the LoRA adapter into the base weights (peft's merge_adapter): the same function,
         without the adapter's extra matmuls on every layer. Idempotent and thread-safe."""
-        if self.config.lora.enabled:
+        if self.config.lora.enabled and not self._lora_merged:
             with self._lora_lock:
-                if not any(getattr(m, "merged", False) for m in self._lora_layers()):
+                if not self._lora_merged:
                     self.llm.merge_adapter()
+                    self._lora_merged = True
 
     def unmerge_lora(self) -> None:
-        if self.config.lora.enabled:
+        if self.config.lora.enabled and self._lora_merged:
             with self._lora_lock:
-                if any(getattr(m, "merged", False) for m in self._lora_layers()):
+                if self._lora_merged:
                     self.llm.unmerge_adapter()
-
-    def _lora_layers(self) -> list[nn.Module]:
-        from peft.tuners.lora import LoraLayer
-
-        return [m for m in self.llm.modules() if isinstance(m, LoraLayer)]
+                    self._lora_merged = False
 
     def train(self, mode: bool = True) -> "AnyGPTModel":
         """Training needs the adapter apart from the base weights (its gradients, its saved state)."""

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from transformers import TextStreamer
 
-from decoders import DECODERS, Decoder, DecoderError
+from decoders.errors import DecoderError
 from encoders import ImageBindConfig, ImageBindEncoder, InputLimits, MediaError
 
 from anygpt.config import (INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, DecoderSettings, EncoderSettings,
@@ -34,6 +34,9 @@ from anygpt.errors import ConfigError, InputError
 from anygpt.llm import load_llm
 from anygpt.model import AnyGPTModel, Turn
 from anygpt.response import Response, Trace
+
+if TYPE_CHECKING:
+    from decoders import Decoder
 
 WEIGHTS_FILE = "anygpt.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -73,6 +76,8 @@ def build_encoder(settings: EncoderSettings) -> ImageBindEncoder:
 def build_decoder(modality: str, settings: DecoderSettings, device: str = "cpu") -> Decoder:
     """A decoder from its local diffusers folder, or (no path) the tiny one built in code; its
     conditioning must match what the config (and so the output projector) says."""
+    from decoders import DECODERS  # diffusers is imported with the first decoder, not at start-up
+
     cls = DECODERS[modality]
     if settings.path:
         dec = cls.from_pretrained(resolve_path(settings.path), torch_dtype=_DTYPES[settings.dtype], device=device,
@@ -126,7 +131,7 @@ class AnyGPT:
         encoder = build_encoder(config.encoder)
         with torch.random.fork_rng():  # untrained parts start the same on every build
             torch.manual_seed(0)
-            model = AnyGPTModel(config, llm, tokenizer, encoder)
+            model = AnyGPTModel(config, llm, tokenizer, encoder, init_new_rows=weights is None)
         if weights is not None:
             _load_weights(model, Path(weights))
         return cls(model, config, trained=weights is not None, device=device)

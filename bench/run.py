@@ -8,8 +8,8 @@ Figures (issue 10's targets in brackets):
   request; the second of two starts, so the dequantised LLM cache is warm [<= 10 s on 2 cores];
 - per request kind (median of --runs): end to end, split into encode / llm / project / decode;
 - pipeline overhead: end to end minus the raw component calls (ImageBind forward, the LLM's
-  generate, the projector, the diffusers pipeline call) timed in the same process on the same
-  inputs [<= 5%];
+  generate for the same number of tokens, the output projector, the diffusers pipeline call)
+  timed in the same process on the same inputs [<= 5%];
 - batch: scripted jobs per minute, decoded together vs one by one [>= 1.5x];
 - peak resident memory: a full run, and a text-only run that never loads a decoder [<= 2.5 GB].
 """
@@ -76,7 +76,11 @@ def _median(values: list[float]) -> float:
 
 @torch.inference_mode()
 def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int) -> tuple[float, float]:
-    """(median end to end, median sum of the raw component calls) on the same inputs."""
+    """(median end to end, median sum of the raw component calls) on the same inputs.
+
+    The raw calls are the models alone: ImageBind's forward, the LLM's `generate` for as many
+    tokens as the request's LLM wrote, each output projector, and each diffusers pipeline call.
+    """
     from anygpt.model import Turn
 
     model = app.model
@@ -85,7 +89,7 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
         media = {"image": str(image)} if image else {}
         model.encoder.clear_cache()
         t = time.perf_counter()
-        r = app.chat(prompt, force=force, max_new_tokens=16, seed=i, **media)
+        r = app.chat(prompt, force=force, seed=i, **media)
         e2e.append(time.perf_counter() - t)
 
         model.encoder.clear_cache()
@@ -96,26 +100,29 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
         emb = model.encoder.encode("image", [str(image)]) if image else None  # ImageBind forward
         spent += time.perf_counter() - t
         embeds = model.splice_media(ids, model.input_projector(emb) if emb is not None else torch.empty(0, 1))
-        reply = r.trace.raw_reply
+        n = r.trace.generated_tokens
         t = time.perf_counter()
         model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-                           max_new_tokens=len(model.tokenizer(reply, add_special_tokens=False).input_ids) or 1,
-                           min_new_tokens=1, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+                           max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=model.tokenizer.pad_token_id)
         spent += time.perf_counter() - t
-        runs_ = model.find_runs(model.tokenizer(reply, add_special_tokens=False).input_ids)
-        ids_reply = model.tokenizer(reply, add_special_tokens=False).input_ids
-        t = time.perf_counter()
-        cond = model.signal_conditioning(embeds, ids_reply, runs_)  # one forward + the projector
-        spent += time.perf_counter() - t
-        for run, c in zip(runs_, cond):
+        reply = model.tokenizer(r.trace.raw_reply, add_special_tokens=False).input_ids
+        reply_embeds = model.llm.get_input_embeddings()(torch.tensor(reply)[None])
+        hidden = model.llm(inputs_embeds=torch.cat([embeds, reply_embeds], 1),
+                           output_hidden_states=True).hidden_states[-1][:, embeds.shape[1]:]
+        for run in model.find_runs(reply):
+            pos = torch.tensor(run.positions)
+            t = time.perf_counter()
+            cond = model.output_projectors[run.modality](hidden[:, pos], reply_embeds[:, pos])
+            spent += time.perf_counter() - t
             dec = app.decoder(run.modality)
             settings = app.config.decoders[run.modality]
             size = {k: int(v) if k in ("height", "width", "num_frames") else v for k, v in settings.size.items()}
             t = time.perf_counter()
-            dec.pipeline(prompt_embeds=dec._pipeline_embeds(c[None]),
+            dec.pipeline(prompt_embeds=dec._pipeline_embeds(cond),
                          negative_prompt_embeds=dec._pipeline_embeds(dec.unconditional_embeds()[None]),
                          num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-                         generator=torch.Generator().manual_seed(i), output_type="np",
+                         generator=[torch.Generator().manual_seed(i)], output_type="np",
                          **dec._size_kwargs(**size)[0])
             spent += time.perf_counter() - t
         raw.append(spent)
@@ -165,11 +172,11 @@ def main() -> None:
         requests = {}
         for name, (prompt, force, needs_image) in KINDS.items():
             media = {"image": str(image)} if needs_image else {}
-            app.chat(prompt, force=force, max_new_tokens=16, **media)  # warm-up: loads the decoder
+            app.chat(prompt, force=force, **media)  # warm-up: loads the decoder
             stages: dict[str, list[float]] = {}
             for i in range(args.runs):
                 app.model.encoder.clear_cache()
-                r = app.chat(prompt, force=force, max_new_tokens=16, seed=i, **media)
+                r = app.chat(prompt, force=force, seed=i, **media)
                 for k, v in r.trace.timings.items():
                     stages.setdefault(k, []).append(v)
             e2e, raw = raw_components(app, prompt, force, image if needs_image else None, args.runs)
