@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+                          StoppingCriteria, StoppingCriteriaList)
 
 from anygpt.config import AnyGPTConfig
 from anygpt.errors import InputError
@@ -89,8 +90,9 @@ class SignalRunProcessor(LogitsProcessor):
     """
 
     def __init__(self, signal: SignalTokens, allowed: set[str], banned_ids: list[int], max_runs: int,
-                 prompt_len: int):
+                 prompt_len: int, earlier: list[int] = ()):
         self.signal, self.allowed, self.max_runs, self.prompt_len = signal, allowed, max_runs, prompt_len
+        self.earlier = list(earlier)  # tokens of the same reply written before this generate call
         self.banned = list(banned_ids)
         for m, ids in signal.ids.items():
             self.banned += ids[1:] if m in allowed else ids  # non-first tokens never start a run
@@ -99,7 +101,7 @@ class SignalRunProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(scores.shape[0]):
-            generated = input_ids[row, self.prompt_len:].tolist()
+            generated = self.earlier + input_ids[row, self.prompt_len:].tolist()
             last = generated[-1] if generated else None
             if last in self.next_of:  # inside a run: force its next token
                 forced = self.next_of[last]
@@ -110,6 +112,16 @@ class SignalRunProcessor(LogitsProcessor):
             if sum(generated.count(s) for s in self.starts) >= self.max_runs:
                 scores[row, self.starts] = float("-inf")
         return scores
+
+
+class _StopAtRunStart(StoppingCriteria):
+    """Stops generation right after the first token of a run of signal tokens (see `_write_one`)."""
+
+    def __init__(self, starts: set[int]):
+        self.starts = starts
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.tensor([bool(row.numel()) and row[-1].item() in self.starts for row in input_ids])
 
 
 class AnyGPTModel(nn.Module):
@@ -221,44 +233,93 @@ class AnyGPTModel(nn.Module):
 
     def generate_batch(self, prompts: list[torch.Tensor], *, max_new_tokens: int, temperature: float, seed: int,
                        allowed: set[str], force: set[str] = frozenset(), streamer: Any = None) -> list[Reply]:
-        """Write the replies to several prompts (each [1, L_i, H]) in one `generate` call.
+        """Write the replies to several prompts (each [1, L_i, H]).
 
-        Prompts are left-padded under an attention mask, so each reply is the one it would get
-        alone (up to float rounding). `force` is a test and UI hook: a forced modality whose run
-        the LLM did not write gets one appended, so its artifact is still made from the LLM's own
-        hidden states. Sampling (temperature > 0) draws from one seeded generator for the batch.
+        Several prompts share one `generate` call, left-padded under an attention mask; one prompt
+        goes through `_write_one`, which writes each run of signal tokens in one step. Either way
+        each reply is the one the plain loop gives (up to float rounding). `force` is a test and UI
+        hook: a forced modality whose run the LLM did not write gets one appended, so its artifact
+        is still made from the LLM's own hidden states. Sampling (temperature > 0) draws from one
+        generator seeded with `seed`.
         """
-        processor = SignalRunProcessor(self.signal, allowed, [self.media_token_id],
-                                       self.config.max_outputs_per_reply, prompt_len=0)
         eos = self.llm.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(eos_ids))
-        embeds, mask = self._left_pad(prompts, pad)
-        with torch.random.fork_rng(), self._last_hidden.collect() as steps:
+        options = dict(do_sample=temperature > 0, temperature=temperature if temperature > 0 else None, top_p=None,
+                       top_k=None, pad_token_id=pad, eos_token_id=eos, streamer=streamer)
+        with torch.random.fork_rng():
             torch.manual_seed(seed)
-            sequences = self.llm.generate(
-                inputs_embeds=embeds, attention_mask=mask,
-                max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                logits_processor=LogitsProcessorList([processor]), pad_token_id=pad, eos_token_id=eos,
-                streamer=streamer,
-            )
-        # steps[0] is the prefill's last prompt token; steps[k] is generated token k-1, fed back at step k.
-        fed = torch.stack(steps[1:], dim=1) if len(steps) > 1 else None
+            if len(prompts) == 1:
+                written = [self._write_one(prompts[0], max_new_tokens=max_new_tokens, allowed=allowed, **options)]
+            else:
+                written = self._write_padded(prompts, max_new_tokens=max_new_tokens, allowed=allowed, **options)
         replies = []
-        for row, seq in enumerate(sequences.tolist()):
+        for seq, fed in written:
             end = next((i for i, t in enumerate(seq) if t in eos_ids), None)
             ids = seq if end is None else seq[:end]
             generated = len(ids) + (end is not None)
             while ids and ids[-1] == pad:
                 ids = ids[:-1]
-            n = min(len(ids), fed.shape[1]) if fed is not None else 0
-            hidden = fed[row, :n] if n else None
+            n = min(len(ids), fed.shape[0]) if fed is not None else 0
+            hidden = fed[:n] if n else None
             for m in self.signal.ids:
                 if m in force and not any(r.modality == m for r in self.find_runs(ids)):
                     ids = ids + list(self.signal.ids[m])
             replies.append(Reply(ids, generated, hidden))
         return replies
+
+    def _processor(self, allowed: set[str], earlier: list[int] = ()) -> LogitsProcessorList:
+        return LogitsProcessorList([SignalRunProcessor(self.signal, allowed, [self.media_token_id],
+                                                       self.config.max_outputs_per_reply, prompt_len=0,
+                                                       earlier=earlier)])
+
+    def _write_padded(self, prompts: list[torch.Tensor], *, max_new_tokens: int, allowed: set[str], pad_token_id: int,
+                      **options) -> list[tuple[list[int], torch.Tensor | None]]:
+        """Several prompts in one generate call: per row, (tokens written, hidden states [n, H] of the first n)."""
+        embeds, mask = self._left_pad(prompts, pad_token_id)
+        with self._last_hidden.collect() as steps:
+            sequences = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          logits_processor=self._processor(allowed), pad_token_id=pad_token_id,
+                                          **options)
+        # steps[0] is the prefill's last prompt token; steps[k] is generated token k-1, fed back at step k.
+        fed = torch.stack(steps[1:], dim=1) if len(steps) > 1 else None
+        return [(seq, None if fed is None else fed[row]) for row, seq in enumerate(sequences.tolist())]
+
+    def _write_one(self, prompt: torch.Tensor, *, max_new_tokens: int, allowed: set[str],
+                   **options) -> tuple[list[int], torch.Tensor | None]:
+        """One prompt, each run of signal tokens in one forward pass: once the LLM starts a run
+        (`[VID0]`), the rest of it (`[VID1]..[VID23]`) is fixed, so generation stops there, those
+        tokens go through the model together into the same KV cache, and generation goes on from
+        it. A 24-token run costs one forward instead of 23 decoding steps."""
+        embed = self.llm.get_input_embeddings()
+        rest_of = {ids[0]: list(ids[1:]) for m, ids in self.signal.ids.items() if m in allowed and len(ids) > 1}
+        stop = StoppingCriteriaList([_StopAtRunStart(set(rest_of))])
+        seq: list[int] = []
+        hidden: list[torch.Tensor] = []
+        cache, full = None, prompt  # full: the embeddings of everything so far; cache: all of it but the last
+        while len(seq) < max_new_tokens:
+            with self._last_hidden.collect() as steps:
+                out = self.llm.generate(inputs_embeds=full, attention_mask=torch.ones(full.shape[:2], dtype=torch.long),
+                                        past_key_values=cache, max_new_tokens=max_new_tokens - len(seq),
+                                        logits_processor=self._processor(allowed, seq), stopping_criteria=stop,
+                                        return_dict_in_generate=True, **options)
+            new = out.sequences[0].tolist()
+            # steps[0] is the last token of `full`: the prompt's (dropped) or the last run's (kept)
+            hidden += [h[0] for h in steps[0 if seq else 1:]]
+            seq += new
+            if not new or new[-1] not in rest_of or len(seq) >= max_new_tokens:
+                break
+            rest = rest_of[new[-1]][:max_new_tokens - len(seq)]
+            feed = [new[-1]] + rest[:-1]  # the cache holds everything before new[-1]
+            cache = out.past_key_values
+            length = cache.get_seq_length() + len(feed)
+            run = self.llm(inputs_embeds=embed(torch.tensor([feed])), past_key_values=cache,
+                           attention_mask=torch.ones(1, length, dtype=torch.long), output_hidden_states=True)
+            cache = run.past_key_values
+            hidden += list(run.hidden_states[-1][0].float())
+            seq += rest
+            full = torch.cat([full, embed(torch.tensor([new + rest])).to(full)], dim=1)
+        return seq, torch.stack(hidden) if hidden else None
 
     def _left_pad(self, prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[1, L_i, H] prompts -> ([B, L, H] embeddings, [B, L] mask), padded on the left."""
