@@ -8,8 +8,10 @@ signal tokens into a decoder's `prompt_embeds`.
 
 The fast path: `generate_batch` runs several prompts through one `generate` call (left
 padding), and keeps the last-layer hidden state of every token it feeds back, so the signal
-tokens' states come from generation itself instead of a second forward pass. For inference
-the LoRA adapter is merged into the base weights (`merge_lora`); `train()` unmerges it.
+tokens' states come from generation itself instead of a second forward pass. One prompt
+alone writes each run of signal tokens in one step and starts from the KV cache of the
+conversation so far (`_reuse_prefix`). For inference the LoRA adapter is merged into the base
+weights (`merge_lora`); `train()` unmerges it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           StoppingCriteria, StoppingCriteriaList)
+from transformers.cache_utils import DynamicLayer
 
 from anygpt.config import AnyGPTConfig
 from anygpt.errors import InputError
@@ -158,6 +161,8 @@ class AnyGPTModel(nn.Module):
             self.llm.get_output_embeddings().register_forward_hook(self._last_hidden)
         self._lora_lock = threading.Lock()
         self._lora_merged = False  # only merge_lora/unmerge_lora change it
+        self._prefix: tuple[torch.Tensor, DynamicCache] | None = None  # see _reuse_prefix
+        self._prefix_lock = threading.Lock()
 
     # -- 0. inference and training modes ------------------------------------------------------
     def merge_lora(self) -> None:
@@ -168,6 +173,7 @@ class AnyGPTModel(nn.Module):
                 if not self._lora_merged:
                     self.llm.merge_adapter()
                     self._lora_merged = True
+                    self.forget_prefix()
 
     def unmerge_lora(self) -> None:
         if self.config.lora.enabled and self._lora_merged:
@@ -175,12 +181,19 @@ class AnyGPTModel(nn.Module):
                 if self._lora_merged:
                     self.llm.unmerge_adapter()
                     self._lora_merged = False
+                    self.forget_prefix()
 
     def train(self, mode: bool = True) -> "AnyGPTModel":
         """Training needs the adapter apart from the base weights (its gradients, its saved state)."""
         if mode:
             self.unmerge_lora()
+            self.forget_prefix()  # the weights are about to change
         return super().train(mode)
+
+    def forget_prefix(self) -> None:
+        """Drop the kept KV cache (after the weights change, or to free its memory)."""
+        with self._prefix_lock:
+            self._prefix = None
 
     # -- 1. prompt ----------------------------------------------------------------------------
     def render(self, turns: list[Turn], add_generation_prompt: bool = True) -> str:
@@ -296,7 +309,8 @@ class AnyGPTModel(nn.Module):
         stop = StoppingCriteriaList([_StopAtRunStart(set(rest_of))])
         seq: list[int] = []
         hidden: list[torch.Tensor] = []
-        cache, full = None, prompt  # full: the embeddings of everything so far; cache: all of it but the last
+        # full: the embeddings of everything so far; cache: the KV of a prefix of it (all but its last, after a call)
+        cache, full = self._reuse_prefix(prompt), prompt
         while len(seq) < max_new_tokens:
             with self._last_hidden.collect() as steps:
                 out = self.llm.generate(inputs_embeds=full, attention_mask=torch.ones(full.shape[:2], dtype=torch.long),
@@ -304,6 +318,7 @@ class AnyGPTModel(nn.Module):
                                         logits_processor=self._processor(allowed, seq), stopping_criteria=stop,
                                         return_dict_in_generate=True, **options)
             new = out.sequences[0].tolist()
+            cache = out.past_key_values
             # steps[0] is the last token of `full`: the prompt's (dropped) or the last run's (kept)
             hidden += [h[0] for h in steps[0 if seq else 1:]]
             seq += new
@@ -311,7 +326,6 @@ class AnyGPTModel(nn.Module):
                 break
             rest = rest_of[new[-1]][:max_new_tokens - len(seq)]
             feed = [new[-1]] + rest[:-1]  # the cache holds everything before new[-1]
-            cache = out.past_key_values
             length = cache.get_seq_length() + len(feed)
             run = self.llm(inputs_embeds=embed(torch.tensor([feed])), past_key_values=cache,
                            attention_mask=torch.ones(1, length, dtype=torch.long), output_hidden_states=True)
@@ -319,7 +333,36 @@ class AnyGPTModel(nn.Module):
             hidden += list(run.hidden_states[-1][0].float())
             seq += rest
             full = torch.cat([full, embed(torch.tensor([new + rest])).to(full)], dim=1)
+        if seq:
+            written = torch.cat([prompt, embed(torch.tensor([seq])).to(prompt)], dim=1)
+            self._keep_prefix(written[:, :cache.get_seq_length()], cache)
         return seq, torch.stack(hidden) if hidden else None
+
+    def _keep_prefix(self, embeds: torch.Tensor, cache: Any) -> None:
+        if isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers):
+            with self._prefix_lock:
+                self._prefix = (embeds, cache)
+
+    def _reuse_prefix(self, prompt: torch.Tensor) -> DynamicCache | None:
+        """The KV cache of the last prompt run alone, cut to the part it shares with `prompt`
+        (compared by embeddings: the same tokens and the same media). The system prompt, and in
+        a conversation every earlier turn, then go through the LLM once, not on every request.
+        The kept cache is never written to: this returns a copy of its prefix."""
+        with self._prefix_lock:
+            if self._prefix is None:
+                return None
+            embeds, cache = self._prefix
+            n = min(embeds.shape[1], prompt.shape[1] - 1)  # generate needs at least one new token
+            if n < 1:
+                return None
+            same = (embeds[0, :n] == prompt[0, :n].to(embeds)).all(-1).long().cumprod(0)
+            common = int(same.sum())
+            if common == 0:
+                return None
+            reused = DynamicCache()
+            for i, layer in enumerate(cache.layers):
+                reused.update(layer.keys[..., :common, :].clone(), layer.values[..., :common, :].clone(), i)
+            return reused
 
     def _left_pad(self, prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[1, L_i, H] prompts -> ([B, L, H] embeddings, [B, L] mask), padded on the left."""
@@ -389,6 +432,7 @@ class AnyGPTModel(nn.Module):
 
     @torch.no_grad()
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.forget_prefix()
         self.input_projector.load_state_dict(
             {k.removeprefix("input_projector."): v for k, v in state.items() if k.startswith("input_projector.")})
         self.output_projectors.load_state_dict(

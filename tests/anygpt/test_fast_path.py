@@ -163,3 +163,32 @@ def test_streamed_words_are_the_reply_when_runs_are_written_in_one_step(tiny):
                   num_inference_steps=2)
     assert len(r.trace.signal_runs) == 2 and len(pieces) > 1
     assert " ".join("".join(pieces).split()) == " ".join(r.text.split())
+
+
+@torch.inference_mode()
+def test_a_conversation_goes_through_the_llm_once(tiny):
+    """The next turn starts from the KV cache of the turns before it: only its new tokens are
+    run through the LLM, and the reply equals the one computed from scratch."""
+    model = tiny.model
+    options = dict(max_new_tokens=24, temperature=0.0, seed=0, allowed={"image"})
+    first = [Turn("user", "draw a red circle")]
+    reply = model.generate(_prompt(model, first[0].text), **options)
+    history = first + [Turn("assistant", model.tokenizer.decode(reply.ids)), Turn("user", "what colour was it?")]
+    prompt = model.splice_media(model.tokenize(history), torch.empty(0, 1))
+
+    lengths = []
+    norm = model.llm.get_base_model().model.norm
+    hook = norm.register_forward_hook(lambda m, a, o: lengths.append(a[0].shape[1]))
+    try:
+        warm = model.generate(prompt, **options)
+        prefill_warm = lengths[0]
+        lengths.clear()
+        model.forget_prefix()
+        cold = model.generate(prompt, **options)
+        prefill_cold = lengths[0]
+    finally:
+        hook.remove()
+    assert prefill_cold == prompt.shape[1]  # from scratch: the whole conversation
+    assert prefill_warm <= prompt.shape[1] - len(model.tokenize(first)) + 1  # warm: little more than the new turn
+    assert warm.ids == cold.ids
+    assert torch.allclose(warm.hidden, cold.hidden, atol=1e-4)
