@@ -6,7 +6,9 @@
 Figures (issue 10's targets in brackets):
 - cold start: a fresh process importing anygpt, loading the preset and answering one text
   request; the second of two starts, so the dequantised LLM cache is warm [<= 10 s on 2 cores];
-- per request kind (median of --runs): end to end, split into encode / llm / project / decode;
+- per request kind (median of --runs): end to end, split into encode / llm / project / decode,
+  each request as the first of a new conversation (no KV cache kept from the one before);
+- a conversation's second turn, from scratch and from the first turn's KV cache;
 - pipeline overhead: end to end minus the raw component calls (ImageBind forward, the LLM's
   generate for the same number of tokens, the output projector, the diffusers pipeline call)
   timed in the same process on the same inputs [<= 5%];
@@ -96,6 +98,7 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
     for i in range(runs):
         media = {"image": str(image)} if image else {}
         model.encoder.clear_cache()
+        model.forget_prefix()
         t = time.perf_counter()
         r = app.chat(prompt, force=force, seed=i, **media)
         e2e.append(time.perf_counter() - t)
@@ -135,6 +138,22 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
             spent += time.perf_counter() - t
         raw.append(spent)
     return _median(e2e), _median(raw)
+
+
+def second_turn(app, runs: int) -> dict[str, float]:
+    """A conversation's second turn, from scratch and from the KV cache of the first."""
+    first = app.chat("draw a red circle", force=("image",))
+    cold, warm = [], []
+    for i in range(runs):
+        app.model.forget_prefix()
+        t = time.perf_counter()
+        app.chat("what colour was it?", history=first.history, outputs=(), seed=i)
+        cold.append(time.perf_counter() - t)
+        app.chat("draw a red circle", force=("image",))  # the first turn again: its KV cache is kept
+        t = time.perf_counter()
+        app.chat("what colour was it?", history=first.history, outputs=(), seed=i)
+        warm.append(time.perf_counter() - t)
+    return {"from_scratch_s": _median(cold), "from_cache_s": _median(warm)}
 
 
 def batch_throughput(app, jobs: int) -> dict[str, float]:
@@ -185,6 +204,7 @@ def main() -> None:
             stages: dict[str, list[float]] = {}
             for i in range(args.runs):
                 app.model.encoder.clear_cache()
+                app.model.forget_prefix()  # each request as the first of a new conversation
                 r = app.chat(prompt, force=force, seed=i, **media)
                 for k, v in r.trace.timings.items():
                     stages.setdefault(k, []).append(v)
@@ -192,6 +212,7 @@ def main() -> None:
             requests[name] = {"end_to_end_s": e2e, **{f"{k}_s": _median(v) for k, v in stages.items()},
                               "raw_components_s": raw, "overhead_pct": 100 * (e2e - raw) / e2e}
         results["requests"] = requests
+    results["second_turn"] = second_turn(app, args.runs)
     results["batch"] = batch_throughput(app, args.jobs)
 
     if args.json:
@@ -217,6 +238,8 @@ def main() -> None:
     console.print(f"cold start to first reply: {results['cold_start']['seconds']:.1f} s "
                   f"(peak RSS {results['cold_start']['peak_rss_mb']:.0f} MB, no decoder loaded)")
     console.print(f"peak RSS with all three decoders: {results['peak_memory_all_decoders']['peak_rss_mb']:.0f} MB")
+    console.print(f"second turn of a conversation: {results['second_turn']['from_scratch_s']:.2f} s from scratch, "
+                  f"{results['second_turn']['from_cache_s']:.2f} s from the first turn's KV cache")
     console.print(f"batch of {args.jobs} image jobs: {b['batched_jobs_per_min']:.1f} jobs/min batched, "
                   f"{b['one_by_one_jobs_per_min']:.1f} one by one ({b['speedup']:.2f}x)")
 
@@ -231,10 +254,12 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         lines.append(f"| {name} | {row['end_to_end_s']:.2f} s | {row.get('encode_s', 0):.3f} | "
                      f"{row.get('llm_s', 0):.2f} | {row.get('project_s', 0):.3f} | {decode:.2f} | "
                      f"{row['raw_components_s']:.2f} s | {row['overhead_pct']:+.1f}% |")
-    b, cold = results["batch"], results["cold_start"]
+    b, cold, turn = results["batch"], results["cold_start"], results["second_turn"]
     lines += ["", f"- cold start to first text reply (second start): {cold['seconds']:.1f} s, peak RSS "
                   f"{cold['peak_rss_mb']:.0f} MB with no decoder loaded (decoders load lazily)",
               f"- peak RSS with all three decoders loaded: {results['peak_memory_all_decoders']['peak_rss_mb']:.0f} MB",
+              f"- a conversation's second turn: {turn['from_scratch_s']:.2f} s from scratch, "
+              f"{turn['from_cache_s']:.2f} s from the KV cache of the first",
               f"- {args.jobs} scripted image jobs: {b['batched_jobs_per_min']:.0f} jobs/min batched, "
               f"{b['one_by_one_jobs_per_min']:.0f} one by one ({b['speedup']:.1f}x)"]
     return "\n".join(lines)
