@@ -124,7 +124,8 @@ class _StopAtRunStart(StoppingCriteria):
         self.starts = starts
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return torch.tensor([bool(row.numel()) and row[-1].item() in self.starts for row in input_ids])
+        return torch.tensor([bool(row.numel()) and row[-1].item() in self.starts for row in input_ids],
+                            device=input_ids.device)
 
 
 class AnyGPTModel(nn.Module):
@@ -304,7 +305,7 @@ class AnyGPTModel(nn.Module):
         (`[VID0]`), the rest of it (`[VID1]..[VID23]`) is fixed, so generation stops there, those
         tokens go through the model together into the same KV cache, and generation goes on from
         it. A 24-token run costs one forward instead of 23 decoding steps."""
-        embed = self.llm.get_input_embeddings()
+        embed, device = self.llm.get_input_embeddings(), prompt.device
         rest_of = {ids[0]: list(ids[1:]) for m, ids in self.signal.ids.items() if m in allowed and len(ids) > 1}
         stop = StoppingCriteriaList([_StopAtRunStart(set(rest_of))])
         seq: list[int] = []
@@ -313,7 +314,8 @@ class AnyGPTModel(nn.Module):
         cache, full = self._reuse_prefix(prompt), prompt
         while len(seq) < max_new_tokens:
             with self._last_hidden.collect() as steps:
-                out = self.llm.generate(inputs_embeds=full, attention_mask=torch.ones(full.shape[:2], dtype=torch.long),
+                out = self.llm.generate(inputs_embeds=full, attention_mask=torch.ones(full.shape[:2], dtype=torch.long,
+                                                                                      device=device),
                                         past_key_values=cache, max_new_tokens=max_new_tokens - len(seq),
                                         logits_processor=self._processor(allowed, seq), stopping_criteria=stop,
                                         return_dict_in_generate=True, **options)
@@ -327,14 +329,15 @@ class AnyGPTModel(nn.Module):
             rest = rest_of[new[-1]][:max_new_tokens - len(seq)]
             feed = [new[-1]] + rest[:-1]  # the cache holds everything before new[-1]
             length = cache.get_seq_length() + len(feed)
-            run = self.llm(inputs_embeds=embed(torch.tensor([feed])), past_key_values=cache,
-                           attention_mask=torch.ones(1, length, dtype=torch.long), output_hidden_states=True)
+            run = self.llm(inputs_embeds=embed(torch.tensor([feed], device=device)), past_key_values=cache,
+                           attention_mask=torch.ones(1, length, dtype=torch.long, device=device),
+                           output_hidden_states=True)
             cache = run.past_key_values
             hidden += list(run.hidden_states[-1][0].float())
             seq += rest
-            full = torch.cat([full, embed(torch.tensor([new + rest])).to(full)], dim=1)
+            full = torch.cat([full, embed(torch.tensor([new + rest], device=device)).to(full)], dim=1)
         if seq:
-            written = torch.cat([prompt, embed(torch.tensor([seq])).to(prompt)], dim=1)
+            written = torch.cat([prompt, embed(torch.tensor([seq], device=device)).to(prompt)], dim=1)
             self._keep_prefix(written[:, :cache.get_seq_length()], cache)
         return seq, torch.stack(hidden) if hidden else None
 
