@@ -129,29 +129,34 @@ def _probe(artifact, modality: str) -> dict[str, str]:
 
 
 @torch.no_grad()
-def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: list | None = None) -> dict[str, float]:
+def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: list | None = None,
+             batch: int = 8) -> dict[str, float]:
     """The whole model on held-out dialogs (held-out wordings, attribute combinations and media).
 
     - `routing_exact`: the reply makes exactly the modalities the dialog asks for (none for chat);
     - `plain_chat_no_signal`: plain questions get no signal token;
     - `{m}_to_text_{attribute}`: a question about an attached item is answered with the right value;
     - `text_to_{m}_{attribute}_e2e`: media the LLM chose to make show the asked attributes (probes).
-    `keep` collects (dialog, response) pairs.
+    `keep` collects (dialog, response) pairs. Dialogs go `batch` at a time through `app.chat_batch`
+    (each with its own seed), as scripted generation sends them.
     """
     import tempfile
     from collections import defaultdict
 
     from anygpt.dialogs import make_dialogs, read_dialogs
+    from anygpt.pipeline import ChatRequest
 
     scores: dict[str, list[bool]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="anygpt-eval-") as folder:
         manifest = tw.make_dataset(folder, n_per_modality={"image": 40, "audio": 40, "video": 40}, seed=seed,
                                    split="heldout")
         dialogs = read_dialogs(make_dialogs(manifest, n, seed=seed, split="heldout"))
-        for i, dialog in enumerate(dialogs):
-            user, expect = dialog["turns"][0], dialog["expect"]
-            media = [(item["modality"], item["path"]) for item in user.get("media", [])]
-            r = app.chat(user["text"], media=media, seed=i, num_inference_steps=steps)
+        requests = [ChatRequest(d["turns"][0]["text"], media=[(item["modality"], item["path"])
+                                                              for item in d["turns"][0].get("media", [])],
+                                options={"seed": i, "num_inference_steps": steps}) for i, d in enumerate(dialogs)]
+        responses = [r for i in range(0, len(requests), batch) for r in app.chat_batch(requests[i:i + batch])]
+        for dialog, r in zip(dialogs, responses):
+            expect = dialog["expect"]
             made = [a.meta["modality"] for a in r.artifacts]
             scores["routing_exact"].append(sorted(made) == sorted(expect["outputs"]))
             if dialog["kind"] == "chat":

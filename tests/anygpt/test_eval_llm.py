@@ -30,7 +30,14 @@ def _render(modality: str, labels: dict[str, str]):
     return VideoArtifact(data, 8, meta)
 
 
-class Oracle:
+class _StandIn:
+    """A model that answers each request of a batch on its own, as AnyGPT.chat_batch does."""
+
+    def chat_batch(self, requests):
+        return [self.chat(r.prompt, media=list(r.media), **r.options) for r in requests]
+
+
+class Oracle(_StandIn):
     def chat(self, prompt, *, media, seed, num_inference_steps):
         text, artifacts = [], []
         for modality, path in media:
@@ -60,7 +67,7 @@ def _as_artifact(modality, data):
     return VideoArtifact(data, 8, {"modality": modality})
 
 
-class Mute:
+class Mute(_StandIn):
     def chat(self, prompt, **_):
         return Response("hello", [], Trace(), [])
 
