@@ -43,6 +43,10 @@ class ImageBindConfig:
 
     out_embed_dim: int = 1024
     video_frames: int = 2
+    # Seconds between the 2 frames of each video clip (ImageBind's data.py: 2). The tiny preset
+    # looks 0.25 s apart: its toy clips last 1-2 s, so 2-s clips would all be the same first/last
+    # frame pair, with the shape 80 px away and no local motion for the 2x14x14 patches to see.
+    video_clip_duration: float = 2.0
     kernel_size: tuple[int, int, int] = (2, 14, 14)
     audio_kernel_size: int = 16
     audio_stride: int = 10
@@ -84,7 +88,7 @@ class ImageBindConfig:
         """The real architecture and input sizes with 64-wide, 1-2 block trunks (CPU preset)."""
         small = dict(embed_dim=64, num_heads=4)
         kw = {f"{m}_{k}": v for m in ("vision", "audio", "text", "depth", "thermal", "imu") for k, v in small.items()}
-        return cls(out_embed_dim=64, vision_num_blocks=2, audio_num_blocks=2, text_num_blocks=2,
+        return cls(out_embed_dim=64, video_clip_duration=0.25, vision_num_blocks=2, audio_num_blocks=2, text_num_blocks=2,
                    depth_num_blocks=1, thermal_num_blocks=1, imu_num_blocks=1, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +106,15 @@ class ImageBindConfig:
         return cls(**d)
 
 
+# Config fields that shape the preprocessing, not the network.
+PREPROCESSING_FIELDS = ("video_clip_duration",)
+
+
 def build_model(config: ImageBindConfig) -> ImageBindModel:
-    return ImageBindModel(**asdict(config))
+    kwargs = asdict(config)
+    for name in PREPROCESSING_FIELDS:
+        kwargs.pop(name)
+    return ImageBindModel(**kwargs)
 
 
 @contextmanager
@@ -261,7 +272,7 @@ class ImageBindEncoder(torch.nn.Module):
         modality = check_modality(modality)
         fn, cfg = PREPROCESSORS[modality], self.config
         extra = {"audio": dict(num_mel_bins=cfg.audio_num_mel_bins, target_length=cfg.audio_target_len),
-                 "video": dict(frames_per_clip=cfg.video_frames)}.get(modality, {})
+                 "video": dict(frames_per_clip=cfg.video_frames, clip_duration=cfg.video_clip_duration)}.get(modality, {})
         return torch.stack([fn(as_media(x, self.limits), self.limits, **extra) for x in _as_list(items)])
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:

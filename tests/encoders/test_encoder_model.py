@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -192,3 +193,39 @@ def test_unknown_modality(encoder):
         encoder.encode("smell", [b"x"])
     with pytest.raises(MediaError, match="strings"):
         encoder.encode_text([b"bytes"])
+
+
+def _centroid_x(frame: torch.Tensor) -> float:
+    """Mean column of the pixels that differ from the background (frame: [3, H, W])."""
+    diff = (frame - frame[:, :1, :1]).abs().sum(0)
+    return float(torch.nonzero(diff > diff.max() / 2)[:, 1].float().mean())
+
+
+def test_tiny_video_clips_see_local_motion():
+    """The tiny preset takes 5 clips 0.25 s long: on a 1-s toy clip each holds a small step of the
+    motion. ImageBind's 2-s clips would all be the same first/last frames, 80 px apart."""
+    from anygpt import toyworld as tw
+
+    spec = tw.sample("video", tw.example_rng(5, "train", "video", 0), "train", direction="right")
+    clip = tw.render(spec)
+    assert clip.shape[0] / spec.fps <= 2
+    tiny = ImageBindEncoder.tiny()
+    two_seconds = dataclasses.replace(tiny.config, video_clip_duration=2.0)  # ImageBind's own
+    wide_clips = ImageBindEncoder(two_seconds, build_model(two_seconds))
+    steps = [[_centroid_x(c[:, f]) for f in range(2)] for c in tiny.prepare("video", clip)[0, ::3]]
+    starts = [a for a, _ in steps]
+    assert all(0 < b - a < 14 for a, b in steps), steps  # under one 14-px patch, rightwards
+    assert starts == sorted(starts) and starts[-1] - starts[0] > 40  # the clips spread over the motion
+    wide = [[_centroid_x(c[:, f]) for f in range(2)] for c in wide_clips.prepare("video", clip)[0, ::3]]
+    assert all(b - a > 60 for a, b in wide) and len({tuple(w) for w in wide}) == 1
+
+
+def test_clip_duration_round_trips_and_defaults_to_imagebinds(encoder, tmp_path):
+    encoder.save_pretrained(tmp_path / "enc")
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert config["video_clip_duration"] == 0.25
+    assert ImageBindEncoder.from_pretrained(tmp_path / "enc").config.video_clip_duration == 0.25
+    del config["video_clip_duration"]  # a folder saved before the field existed: ImageBind's 2 s
+    (tmp_path / "enc" / "config.json").write_text(json.dumps(config))
+    assert ImageBindEncoder.from_pretrained(tmp_path / "enc").config.video_clip_duration == 2.0
+    assert ImageBindConfig.huge().video_clip_duration == 2.0
