@@ -9,6 +9,10 @@ Each item is also bound to one attribute at a time ("a red shape", "a circle", "
 moving left"), with every item sharing that value as a positive. Whole captions alone let
 the model learn one point per seen combination, which fails on the held-out combinations;
 attribute views make the embedding compositional.
+
+The views that do not name a colour (shape, direction, distance) also see grey copies of part
+of the batch, so a shape or a motion is recognised the same way in every colour; otherwise the
+encoder reads direction from colour on the held-out colour-direction pairs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ ATTRIBUTE_VIEWS = {
     "video": {"color": "a {} shape moving", "shape": "a moving {}", "direction": "a shape moving {}"},
     "depth": {"shape": "a depth map of a {}", "distance": "a shape {}"},
 }
+
+
+# The views a grey copy of the item still matches (none name a colour).
+COLOR_FREE_VIEWS = {"image": ("shape",), "video": ("shape", "direction")}
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """The mean of the colour channels in all three ([..., 3, T, H, W] or [..., 3, H, W] inputs)."""
+    channels = -4 if x.dim() >= 5 else -3
+    return x.mean(channels, keepdim=True).expand_as(x)
 
 
 @dataclass
@@ -86,8 +100,9 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
 
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
-                       attribute_weight: float = 1.0, device: str = "auto") -> dict:
-    """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary."""
+                       attribute_weight: float = 3.0, grey_fraction: float = 0.5, device: str = "auto") -> dict:
+    """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
+    `grey_fraction` of each image/video batch is shown in grey to the colour-free views."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
     pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality)
@@ -98,16 +113,21 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
         for m, pool in pools.items():
             idx = torch.from_numpy(rng.choice(len(pool.labels), size=min(batch_size, len(pool.labels)), replace=False))
             views = {k: (t[idx], y[idx]) for k, (t, y) in pool.views.items()}
-            batch[m] = (pool.inputs[idx].float(), pool.tokens[idx], pool.labels[idx], views)
+            grey_rows = torch.from_numpy(rng.random(len(idx)) < grey_fraction)
+            batch[m] = (pool.inputs[idx].float(), pool.tokens[idx], pool.labels[idx], views, grey_rows)
         return batch
 
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         losses = {}
-        for m, (x, tokens, labels, views) in batch.items():
+        for m, (x, tokens, labels, views, grey_rows) in batch.items():
             media = encoder(m, x)
             loss = contrastive_loss(media, encoder("text", tokens), labels)
-            for t, y in views.values():
-                loss = loss + attribute_weight * contrastive_loss(media, encoder("text", t), y) / len(views)
+            greyed = media
+            if m in COLOR_FREE_VIEWS and grey_rows.any():
+                greyed = encoder(m, torch.where(grey_rows.view(-1, *[1] * (x.dim() - 1)), grey(x), x))
+            for key, (t, y) in views.items():
+                seen = greyed if key in COLOR_FREE_VIEWS.get(m, ()) else media
+                loss = loss + attribute_weight * contrastive_loss(seen, encoder("text", t), y) / len(views)
             losses[m] = loss
         return sum(losses.values()) / len(losses), {m: v.item() for m, v in losses.items()}
 

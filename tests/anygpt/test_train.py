@@ -90,3 +90,15 @@ def test_export_writes_half_precision_parts_with_their_recipe(toy_data, tmp_path
     image = (toy_data / "images" / "000000.png")
     assert torch.allclose(original.encode("image", [image]), shipped.encode("image", [image]), atol=1e-2)
     assert resolve_path("anygpt:tiny/image") == weights_dir() / "tiny" / "image"
+
+
+def test_grey_copies_keep_the_layout_and_drop_the_colour():
+    from anygpt.train.tiny_encoder import grey
+
+    image = torch.rand(2, 3, 8, 8)  # [N, C, H, W]
+    video = torch.rand(2, 5, 3, 2, 8, 8)  # [N, clips, C, T, H, W]
+    for x, channels in ((image, 1), (video, 2)):
+        g = grey(x)
+        assert g.shape == x.shape
+        assert torch.allclose(g.select(channels, 0), g.select(channels, 2))
+        assert torch.allclose(g.select(channels, 1), x.mean(channels))
