@@ -251,7 +251,8 @@ def train_tiny_encoder_cmd(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoint, encoder/).")],
     steps: int = 600, batch_size: int = 16, per_modality: int = 600, seed: int = 0,
     attribute_weight: Annotated[float, typer.Option(help="Weight of the one-attribute views against whole captions.")] = 3.0,
-    grey_fraction: Annotated[float, typer.Option(help="Share of image/video items the colour-free views see in grey.")] = 0.5,
+    change_fraction: Annotated[float, typer.Option(help="Share of items the one-attribute views see changed in "
+                                                        "what they do not name (grey, cut short).")] = 0.5,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -259,7 +260,7 @@ def train_tiny_encoder_cmd(
     from anygpt.train.tiny_encoder import train_tiny_encoder
 
     train_tiny_encoder(data, out, steps=steps, batch_size=batch_size, per_modality=per_modality, seed=seed,
-                       attribute_weight=attribute_weight, grey_fraction=grey_fraction,
+                       attribute_weight=attribute_weight, change_fraction=change_fraction,
                        max_steps=max_steps, device=device)
 
 

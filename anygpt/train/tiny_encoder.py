@@ -10,9 +10,10 @@ moving left"), with every item sharing that value as a positive. Whole captions 
 the model learn one point per seen combination, which fails on the held-out combinations;
 attribute views make the embedding compositional.
 
-The views that do not name a colour (shape, direction, distance) also see grey copies of part
-of the batch, so a shape or a motion is recognised the same way in every colour; otherwise the
-encoder reads direction from colour on the held-out colour-direction pairs.
+A view also sees copies of part of the batch changed in what it does not name, so each attribute
+is recognised whatever the others are: grey images and clips for shape and direction (otherwise
+the encoder reads direction from colour on the held-out colour-direction pairs) and sounds cut
+short for their kind. (Sounds flattened across frequency for their length were tried: no gain.)
 """
 
 from __future__ import annotations
@@ -40,14 +41,38 @@ ATTRIBUTE_VIEWS = {
 }
 
 
-# The views a grey copy of the item still matches (none name a colour).
-COLOR_FREE_VIEWS = {"image": ("shape",), "video": ("shape", "direction")}
-
-
 def grey(x: torch.Tensor) -> torch.Tensor:
     """The mean of the colour channels in all three ([..., 3, T, H, W] or [..., 3, H, W] inputs)."""
     channels = -4 if x.dim() >= 5 else -3
     return x.mean(channels, keepdim=True).expand_as(x)
+
+
+def cut_short(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Audio fbanks [N, clips, 1, mel, time] with the sound ended after `keep` [N] (0-1) of its
+    frames; the rest becomes padding. Toy sounds are under 2.04 s, so the last frame is padding."""
+    pad = x[..., -1:]
+    padded = (x == pad).all(-2)  # [N, clips, 1, time]
+    sound = x.shape[-1] - padded.flip(-1).int().cumprod(-1).sum(-1, keepdim=True)
+    end = (sound * keep.view(-1, 1, 1, 1)).long()
+    kept = torch.arange(x.shape[-1]) < end  # [N, clips, 1, time]
+    return torch.where(kept.unsqueeze(-2), x, pad)
+
+
+# For each view, a change to the item that keeps what the view names (applied to part of a batch).
+VIEW_CHANGES = {
+    "image": {"shape": "grey"},
+    "video": {"shape": "grey", "direction": "grey"},
+    "audio": {"kind": "cut"},
+}
+
+
+def changed(name: str, x: torch.Tensor, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """`x` with the change `name` applied to the chosen rows."""
+    if name == "grey":
+        new = grey(x)
+    else:
+        new = cut_short(x, torch.from_numpy(rng.uniform(0.45, 1.0, len(x))).float())
+    return torch.where(torch.from_numpy(rows).view(-1, *[1] * (x.dim() - 1)), new, x)
 
 
 @dataclass
@@ -100,9 +125,9 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
 
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
-                       attribute_weight: float = 3.0, grey_fraction: float = 0.5, device: str = "auto") -> dict:
+                       attribute_weight: float = 3.0, change_fraction: float = 0.5, device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
-    `grey_fraction` of each image/video batch is shown in grey to the colour-free views."""
+    `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES)."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
     pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality)
@@ -113,20 +138,20 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
         for m, pool in pools.items():
             idx = torch.from_numpy(rng.choice(len(pool.labels), size=min(batch_size, len(pool.labels)), replace=False))
             views = {k: (t[idx], y[idx]) for k, (t, y) in pool.views.items()}
-            grey_rows = torch.from_numpy(rng.random(len(idx)) < grey_fraction)
-            batch[m] = (pool.inputs[idx].float(), pool.tokens[idx], pool.labels[idx], views, grey_rows)
+            x = pool.inputs[idx].float()
+            changes = {name: changed(name, x, rng.random(len(idx)) < change_fraction, rng)
+                       for name in sorted(set(VIEW_CHANGES.get(m, {}).values()))} if change_fraction else {}
+            batch[m] = (x, pool.tokens[idx], pool.labels[idx], views, changes)
         return batch
 
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         losses = {}
-        for m, (x, tokens, labels, views, grey_rows) in batch.items():
+        for m, (x, tokens, labels, views, changes) in batch.items():
             media = encoder(m, x)
             loss = contrastive_loss(media, encoder("text", tokens), labels)
-            greyed = media
-            if m in COLOR_FREE_VIEWS and grey_rows.any():
-                greyed = encoder(m, torch.where(grey_rows.view(-1, *[1] * (x.dim() - 1)), grey(x), x))
+            seen_changed = {name: encoder(m, xc) for name, xc in changes.items()}
             for key, (t, y) in views.items():
-                seen = greyed if key in COLOR_FREE_VIEWS.get(m, ()) else media
+                seen = seen_changed.get(VIEW_CHANGES.get(m, {}).get(key), media)
                 loss = loss + attribute_weight * contrastive_loss(seen, encoder("text", t), y) / len(views)
             losses[m] = loss
         return sum(losses.values()) / len(losses), {m: v.item() for m, v in losses.items()}

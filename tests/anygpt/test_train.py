@@ -102,3 +102,23 @@ def test_grey_copies_keep_the_layout_and_drop_the_colour():
         assert g.shape == x.shape
         assert torch.allclose(g.select(channels, 0), g.select(channels, 2))
         assert torch.allclose(g.select(channels, 1), x.mean(channels))
+
+
+def test_cut_short_keeps_the_start_of_the_sound():
+    from anygpt import toyworld as tw
+    from anygpt.train.tiny_encoder import cut_short
+    from encoders import ImageBindEncoder
+
+    encoder = ImageBindEncoder.tiny()
+    spec = tw.sample("audio", tw.example_rng(5, "train", "audio", 0), "train", kind="falling sweep", length="long")
+    x = encoder.prepare("audio", [tw.render(spec)])  # [1, clips, 1, mel, time]
+    pad = x[0, 0, 0, :, -1]
+
+    def sound_frames(fbank):  # frames before the padding starts
+        return int((~(fbank[0, 0, 0] == pad[:, None]).all(0)).nonzero().max()) + 1
+
+    frames = sound_frames(x)
+    assert abs(frames - spec.duration * 100) <= 2  # 10-ms frames
+    half = cut_short(x, torch.tensor([0.5]))
+    assert sound_frames(half) == frames // 2 and torch.equal(half[..., :frames // 2], x[..., :frames // 2])
+    assert torch.equal(cut_short(x, torch.tensor([1.0])), x)
