@@ -70,8 +70,10 @@ def changed(name: str, x: torch.Tensor, rows: np.ndarray, rng: np.random.Generat
     """`x` with the change `name` applied to the chosen rows."""
     if name == "grey":
         new = grey(x)
-    else:
+    elif name == "cut":
         new = cut_short(x, torch.from_numpy(rng.uniform(0.45, 1.0, len(x))).float())
+    else:
+        raise ValueError(f"unknown view change {name!r}")
     return torch.where(torch.from_numpy(rows).view(-1, *[1] * (x.dim() - 1)), new, x)
 
 
