@@ -71,11 +71,15 @@ def _lr_factor(step: int, s: LoopSettings) -> float:
 
 def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
           loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]], out_dir: str | os.PathLike,
-          settings: LoopSettings) -> dict[str, Any]:
+          settings: LoopSettings, *, on_step: Callable[[int], None] | None = None,
+          extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+          load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None) -> dict[str, Any]:
     """Train the parameters of `module` that require grad; returns a summary dict.
 
     `loss_fn(batch)` returns (loss, extra scalars to log). The checkpoint lives in
-    `out_dir/checkpoint/`; a run restarts from it when present.
+    `out_dir/checkpoint/`; a run restarts from it when present. `on_step(step)` runs after each
+    optimizer step (an EMA update, say); `extra_state()` gives tensors the checkpoint carries too
+    (the EMA weights) and `load_extra_state` puts them back on resume.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.amp and device.type == "cuda")
     params = {n: p for n, p in module.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=settings.weight_decay)
-    start = _resume(out / "checkpoint", module, optimizer)
+    start = _resume(out / "checkpoint", module, optimizer, load_extra_state)
     torch.manual_seed(settings.seed + start)
     end = min(settings.steps, settings.max_steps) if settings.max_steps else settings.steps
     history: list[float] = []
@@ -106,6 +110,8 @@ def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
             torch.nn.utils.clip_grad_norm_(params.values(), settings.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step(step)
             history.append(logs["loss"])
             info = " ".join(f"{k} {v:.4f}" for k, v in logs.items())
             bar.update(task, completed=step + 1, info=info)
@@ -114,7 +120,8 @@ def train(name: str, module: torch.nn.Module, batch_fn: Callable[[int], Any],
                 eta = elapsed / (step + 1 - start) * (end - step - 1)
                 console.print(f"{name} step {step + 1}/{end} {info} elapsed {elapsed:.0f}s eta {eta:.0f}s")
             if (step + 1) % settings.save_every == 0 or step + 1 == end:
-                _save_checkpoint(out / "checkpoint", module, optimizer, step + 1)
+                _save_checkpoint(out / "checkpoint", module, optimizer, step + 1,
+                                 extra_state() if extra_state is not None else None)
     module.eval().to("cpu")
     summary = {"name": name, "steps": end, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 1),
                "device": str(device),
@@ -130,10 +137,13 @@ def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+def _save_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                     extra: dict[str, torch.Tensor] | None = None) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".ckpt-"))
     save_file(_trainable_state(module), tmp / "trainable.safetensors")
+    if extra:
+        save_file({k: v.detach().contiguous() for k, v in extra.items()}, tmp / "extra.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     if folder.exists():
@@ -141,7 +151,8 @@ def _save_checkpoint(folder: Path, module: torch.nn.Module, optimizer: torch.opt
     os.replace(tmp, folder)
 
 
-def _resume(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _resume(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None) -> int:
     if not (folder / "state.json").is_file():
         return 0
     state = load_file(folder / "trainable.safetensors")
@@ -149,6 +160,8 @@ def _resume(folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimi
     if missing.unexpected_keys:
         raise ValueError(f"checkpoint {folder} does not fit this model: unexpected {missing.unexpected_keys[:5]}")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    if load_extra_state is not None and (folder / "extra.safetensors").is_file():
+        load_extra_state(load_file(folder / "extra.safetensors"))
     step = json.loads((folder / "state.json").read_text())["step"]
     console.print(f"resuming from {folder} at step {step}")
     return step
