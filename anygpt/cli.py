@@ -166,8 +166,8 @@ def toyworld(
     dialogs: Annotated[int, typer.Option(help="Also write this many instruction dialogs (dialogs.jsonl).")] = 0,
 ) -> None:
     """Write a synthetic toy-world dataset (images, audio, video, depth + manifest.jsonl)."""
-    from anygpt.dialogs import make_dialogs
-    from anygpt.toyworld import make_dataset, toyworld_main
+    from anygpt.data.dialogs import make_dialogs
+    from anygpt.data.toyworld import make_dataset, toyworld_main
 
     try:
         if counts:

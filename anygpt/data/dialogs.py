@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from anygpt import toyworld as tw
+from anygpt.config import OUTPUT_MODALITIES
+from anygpt.data import toyworld as tw
+from anygpt.data.manifest import read_manifest
 from anygpt.errors import InputError
 
 KINDS = ("ask", "make", "mix", "chat")
-OUTPUTS = ("image", "audio", "video")
 
 # (question, attribute it asks about; "all" = describe). Held-out wordings never occur in train.
 ASK = {
@@ -137,7 +138,7 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
         return {"kind": kind, "turns": turns, "expect": {"outputs": [], "answer": expected, "about": modality}}
     if kind == "make":
         n_out = 1 if rng.random() < 0.8 else 2
-        modalities = list(rng.choice(OUTPUTS, size=n_out, replace=False))
+        modalities = list(rng.choice(OUTPUT_MODALITIES, size=n_out, replace=False))
         asks, replies, outputs = [], [], []
         for m in modalities:
             desc = _describe(_make_target(rng, m, split), m)
@@ -167,8 +168,8 @@ def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train
                  mix: dict[str, float] | None = None) -> Path:
     """Write `dialogs.jsonl` beside a toy-world manifest, attaching that dataset's files."""
     manifest = Path(manifest)
-    examples = tw.read_manifest(manifest)
-    pool = {m: [e for e in examples if e["modality"] == m] for m in ("image", "audio", "video")}
+    examples = read_manifest(manifest)
+    pool = {m: [e for e in examples if e["modality"] == m] for m in OUTPUT_MODALITIES}
     weights = mix or {"ask": 0.35, "make": 0.35, "mix": 0.1, "chat": 0.2}
     kinds, p = list(weights), np.array(list(weights.values())) / sum(weights.values())
     lines = []

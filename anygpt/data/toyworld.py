@@ -9,9 +9,9 @@ Each modality has a typed spec (`ImageSpec`, `AudioSpec`, `VideoSpec`, `DepthSpe
 `caption(spec, rng, split)`. The `heldout` split uses caption templates and attribute
 combinations (`HELDOUT`) that `train` never uses, so evaluation measures generalisation.
 
-`make_dataset` writes a folder with a `manifest.jsonl` (path + caption per line, the same format
-the training commands read for real data) and `dataset.json`. This module imports only
-third-party libraries (and the project's error types): it knows nothing of any model.
+`make_dataset` writes a folder with a `manifest.jsonl` (path + caption per line: the format of
+`anygpt.data.manifest`, which the training commands read for real data too) and `dataset.json`.
+This module imports only third-party libraries: it knows nothing of any model.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import av
 import numpy as np
 import soundfile as sf
 from PIL import Image
-
-from anygpt.errors import InputError
 
 GENERATOR_VERSION = "1"
 SPLITS = ("train", "heldout")
@@ -564,54 +562,6 @@ def make_dataset(out_dir: str | Path, *, n_per_modality: dict[str, int] | int, s
             "heldout": {m: {"keys": list(HELDOUT_KEYS[m]), "combos": sorted(map(list, HELDOUT[m]))} for m in MODALITIES}}
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
     return manifest
-
-
-# ---------------------------------------------------------------- manifests
-KNOWN_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
-
-
-class ManifestError(InputError):
-    """A manifest line that cannot be used; the message names the file and line number."""
-
-
-def read_manifest(path: str | Path, *, check_files: bool = False) -> list[dict]:
-    """Examples of a JSONL manifest; each needs `modality`, `path` and `caption` (other keys are kept).
-
-    A relative `path` is resolved against the manifest's folder, so the returned paths can be opened
-    from anywhere. Blank lines are skipped; with `check_files` a missing file is an error too.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: no such manifest file")
-    examples, ids = [], {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        for key in ("modality", "path", "caption"):
-            if not isinstance(record.get(key), str) or not record[key]:
-                raise ManifestError(f"{where}: {key!r} must be a non-empty string")
-        if record["modality"] not in KNOWN_MODALITIES:
-            raise ManifestError(f"{where}: unknown modality {record['modality']!r}; expected one of {KNOWN_MODALITIES}")
-        if "attributes" in record and not isinstance(record["attributes"], dict):
-            raise ManifestError(f"{where}: 'attributes' must be an object")
-        if "id" in record:
-            if record["id"] in ids:
-                raise ManifestError(f"{where}: id {record['id']!r} already used on line {ids[record['id']]}")
-            ids[record["id"]] = number
-        record["path"] = str((path.parent / record["path"]).resolve())
-        if check_files and not Path(record["path"]).is_file():
-            raise ManifestError(f"{where}: file {record['path']} does not exist")
-        examples.append(record)
-    if not examples:
-        raise ManifestError(f"{path}: the manifest has no examples")
-    return examples
 
 
 def toyworld_main(out: str | Path, n: int = 100, seed: int = 0, split: str = "train") -> Path:

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import torch
 
-from anygpt import toyworld as tw
+from anygpt.data import toyworld as tw
 
 EVAL_SEED = 1234
 
@@ -143,7 +143,7 @@ def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: 
     import tempfile
     from collections import defaultdict
 
-    from anygpt.dialogs import make_dialogs, read_dialogs
+    from anygpt.data.dialogs import make_dialogs, read_dialogs
     from anygpt.pipeline import ChatRequest
 
     scores: dict[str, list[bool]] = defaultdict(list)

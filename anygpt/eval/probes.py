@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anygpt.toyworld import COLORS, DISPARITY, LABELS, LENGTHS, PITCH_BANDS
+from anygpt.data.toyworld import COLORS, DISPARITY, LABELS, LENGTHS, PITCH_BANDS
 
 UNKNOWN = "unknown"
 

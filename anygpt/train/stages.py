@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anygpt import toyworld as tw
-from anygpt.config import AnyGPTConfig
-from anygpt.dialogs import MAKE, read_dialogs
+from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
+from anygpt.data.dialogs import MAKE, read_dialogs
+from anygpt.data.manifest import read_manifest
 from anygpt.model import AnyGPTModel, Turn
 from anygpt.pipeline import AnyGPT
 from anygpt.train.loop import LoopSettings, console, train
@@ -32,7 +32,6 @@ DESCRIBE = {"image": ["Describe this picture.", "What is in this image?", "Capti
             "video": ["Describe this clip.", "What happens in this video?", "Caption this video."],
             "depth": ["Describe this depth map.", "What does this depth map show?"],
             "thermal": ["Describe this thermal image."], "imu": ["Describe this motion."]}
-OUTPUT_MODALITIES = ("image", "audio", "video")
 
 
 @dataclass
@@ -186,7 +185,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if stage == 3:
         samples = stage3_samples(model, read_dialogs(data))
     else:
-        examples = tw.read_manifest(data, check_files=True)
+        examples = read_manifest(data, check_files=True)
         samples = stage1_samples(examples, rng) if stage == 1 else stage2_samples(model, examples, rng)
     if limit:
         samples = samples[:limit]

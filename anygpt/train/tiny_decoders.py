@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
-from anygpt import toyworld as tw
+from anygpt.data import toyworld as tw
+from anygpt.data.manifest import read_manifest
 from anygpt.train.loop import LoopSettings, console, resolve_device, train
 from decoders import ImageDecoder, VideoDecoder
 
@@ -28,7 +29,7 @@ CAPTION_DROPOUT = 0.1
 
 
 def load_rows(data: str | Path, modality: str, limit: int | None = None) -> list[dict]:
-    rows = [r for r in tw.read_manifest(data, check_files=True) if r["modality"] == modality]
+    rows = [r for r in read_manifest(data, check_files=True) if r["modality"] == modality]
     return rows[:limit] if limit else rows
 
 

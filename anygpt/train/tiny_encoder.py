@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anygpt.toyworld import LABELS, read_manifest
+from anygpt.data.manifest import read_manifest
+from anygpt.data.toyworld import LABELS
 from anygpt.train.loop import LoopSettings, console, train
 from encoders import ImageBindEncoder
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from anygpt import toyworld as tw
+from anygpt.data import toyworld as tw
 from anygpt.eval import benchmark
 from anygpt.eval.benchmark import _labels_in, _probe
 from anygpt.response import Response, Trace

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anygpt import AnyGPT, toyworld
-from anygpt.dialogs import make_dialogs, read_dialogs
+from anygpt import AnyGPT
+from anygpt.data import toyworld
+from anygpt.data.dialogs import make_dialogs, read_dialogs
 from anygpt.train.stages import tokenize_sample, stage3_samples, train_stage
 
 
@@ -105,7 +106,7 @@ def test_grey_copies_keep_the_layout_and_drop_the_colour():
 
 
 def test_cut_short_keeps_the_start_of_the_sound():
-    from anygpt import toyworld as tw
+    from anygpt.data import toyworld as tw
     from anygpt.train.tiny_encoder import cut_short
     from encoders import ImageBindEncoder
 

@@ -204,7 +204,7 @@ def _centroid_x(frame: torch.Tensor) -> float:
 def test_tiny_video_clips_see_local_motion():
     """The tiny preset takes 5 clips 0.25 s long: on a 1-s toy clip each holds a small step of the
     motion. ImageBind's 2-s clips would all be the same first/last frames, 80 px apart."""
-    from anygpt import toyworld as tw
+    from anygpt.data import toyworld as tw
 
     spec = tw.sample("video", tw.example_rng(5, "train", "video", 0), "train", direction="right")
     clip = tw.render(spec)

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from anygpt import toyworld as tw
+from anygpt.data import toyworld as tw
+from anygpt.data.manifest import ManifestError, read_manifest
 from anygpt.errors import InputError
 from anygpt.eval.probes import probe_text
 
@@ -59,8 +60,8 @@ def test_render_is_a_pure_function_of_the_spec():
 
 
 def test_a_bigger_dataset_extends_a_smaller_one(tmp_path):
-    small = tw.read_manifest(tw.make_dataset(tmp_path / "s", n_per_modality={"image": 2, "audio": 2}, seed=3))
-    big = tw.read_manifest(tw.make_dataset(tmp_path / "b", n_per_modality={"image": 4, "audio": 3}, seed=3))
+    small = read_manifest(tw.make_dataset(tmp_path / "s", n_per_modality={"image": 2, "audio": 2}, seed=3))
+    big = read_manifest(tw.make_dataset(tmp_path / "b", n_per_modality={"image": 4, "audio": 3}, seed=3))
     strip = lambda r: {k: v for k, v in r.items() if k != "path"}
     by_id = {r["id"]: strip(r) for r in big}
     assert all(by_id[r["id"]] == strip(r) for r in small)
@@ -81,7 +82,7 @@ def test_manifest_and_files(tmp_path):
     assert info["version"] == tw.GENERATOR_VERSION and info["seed"] == 9 and info["split"] == "train"
     assert info["counts"] == {"image": 2, "audio": 2, "video": 2, "depth": 2}
 
-    records = {r["modality"]: r for r in tw.read_manifest(manifest, check_files=True)}
+    records = {r["modality"]: r for r in read_manifest(manifest, check_files=True)}
     # each file holds what the spec in its attributes renders (video: up to H.264 loss)
     rebuild = lambda r: tw.render(tw.spec_from_attributes(r["modality"], r["attributes"]))
     image = records["image"]
@@ -103,7 +104,7 @@ def test_manifest_and_files(tmp_path):
 
 def test_make_dataset_options_and_refusals(tmp_path):
     m = tw.make_dataset(tmp_path / "d", n_per_modality={"video": 1, "image": 1}, seed=0, image_size=32, video_frames=12)
-    records = tw.read_manifest(m)
+    records = read_manifest(m)
     assert [r["modality"] for r in records] == ["image", "video"]
     assert tw.load_image(records[0]["path"]).shape == (32, 32, 3)
     assert tw.load_video(records[1]["path"]).shape == (12, 32, 32, 3)
@@ -120,7 +121,7 @@ def test_make_dataset_options_and_refusals(tmp_path):
 
 def test_toyworld_main(tmp_path, capsys):
     manifest = tw.toyworld_main(tmp_path / "w", n=2, seed=1, split="heldout")
-    assert len(tw.read_manifest(manifest)) == 8 and "heldout" in capsys.readouterr().out
+    assert len(read_manifest(manifest)) == 8 and "heldout" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("line, message", [
@@ -136,23 +137,23 @@ def test_read_manifest_names_the_bad_line(tmp_path, line, message):
     good = '{"id": "a", "modality": "image", "path": "a.png", "caption": "a red circle"}'
     path = tmp_path / "manifest.jsonl"
     path.write_text(f"{good}\n\n{line}\n")
-    with pytest.raises(tw.ManifestError, match=rf"line 3: .*{re.escape(message)}") as info:
-        tw.read_manifest(path)
+    with pytest.raises(ManifestError, match=rf"line 3: .*{re.escape(message)}") as info:
+        read_manifest(path)
     assert isinstance(info.value, ValueError) and isinstance(info.value, InputError)
 
 
 def test_read_manifest_resolves_paths_and_checks_files(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"modality": "audio", "path": "clips/a.wav", "caption": "a hum"}\n')
-    (record,) = tw.read_manifest(path)  # a plain real-data line: no id, no attributes
+    (record,) = read_manifest(path)  # a plain real-data line: no id, no attributes
     assert record["path"] == str((tmp_path / "clips/a.wav").resolve())
-    with pytest.raises(tw.ManifestError, match="line 1: file .* does not exist"):
-        tw.read_manifest(path, check_files=True)
+    with pytest.raises(ManifestError, match="line 1: file .* does not exist"):
+        read_manifest(path, check_files=True)
     path.write_text("\n")
-    with pytest.raises(tw.ManifestError, match="no examples"):
-        tw.read_manifest(path)
-    with pytest.raises(tw.ManifestError, match="no such manifest"):
-        tw.read_manifest(tmp_path / "missing.jsonl")
+    with pytest.raises(ManifestError, match="no examples"):
+        read_manifest(path)
+    with pytest.raises(ManifestError, match="no such manifest"):
+        read_manifest(tmp_path / "missing.jsonl")
 
 
 # ---------------------------------------------------------------- captions and splits
@@ -226,7 +227,7 @@ def test_world_is_as_specified():
 
 
 def test_generator_and_probes_import_no_model_code():
-    code = ("import sys, anygpt.toyworld, anygpt.eval.probes; "
+    code = ("import sys, anygpt.data.toyworld, anygpt.data.dialogs, anygpt.eval.probes; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'diffusers', 'encoders', "
             "'decoders', 'imagebind') or m in ('anygpt.model', 'anygpt.pipeline', 'anygpt.llm')]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

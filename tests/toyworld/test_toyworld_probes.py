@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from anygpt import toyworld as tw
+from anygpt.data import toyworld as tw
+from anygpt.data.manifest import read_manifest
 from anygpt.eval.probes import UNKNOWN, probe_audio, probe_depth, probe_image, probe_text, probe_video
 
 N = 300
@@ -46,7 +47,7 @@ def _generated(modality: str, n: int = N, split: str = "train", **kwargs) -> tup
 def dataset(tmp_path_factory):
     """N examples of each modality written to disk (PNG, WAV, MP4, 16-bit PNG) and read back."""
     manifest = tw.make_dataset(tmp_path_factory.mktemp("toy"), n_per_modality=N, seed=2)
-    return tw.read_manifest(manifest)
+    return read_manifest(manifest)
 
 
 def _gauss(sigma: float):
