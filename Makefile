@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m anygpt.cli demo $(ARGS)
+	$(PY) -m apps.cli demo $(ARGS)
 
 # The browser tests drive Debian's chromium through Playwright (never `playwright install`,
 # which downloads a browser): install it with apt-get when it is missing.

@@ -15,7 +15,7 @@ W=${1:-data/tiny}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-auto}
 EXTRA=${EXTRA:-}  # extra training flags, e.g. EXTRA="--max-steps 2" for a smoke run
-CLI="$PY -m anygpt.cli"
+CLI="$PY -m apps.cli"
 DATA=$W/toy-train
 RUNS=$W/runs
 LOGS=${LOGS:-$W/logs}

@@ -9,7 +9,7 @@
 set -euo pipefail
 W=${1:-data/tiny}
 PY=${PY:-python3}
-CLI="$PY -m anygpt.cli"
+CLI="$PY -m apps.cli"
 DATA=$W/toy-train
 RUNS=$W/runs
 [ -f "$DATA/dialogs.jsonl" ] || $CLI toyworld "$DATA" --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000

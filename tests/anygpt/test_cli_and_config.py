@@ -8,7 +8,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from anygpt.cli import app
+from apps.cli import app
 from anygpt.config import AnyGPTConfig, ConfigError, preset, tiny_preset
 
 

@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from anygpt import AnyGPT, ConfigError, Turn
-from anygpt.cli import app as cli
+from apps.cli import app as cli
 from anygpt.config import AnyGPTConfig, EncoderSettings, LLMConfig, LoraSettings, ProjectorSettings, tiny_preset
 from anygpt.nextgpt import (NextGPTWarning, frozen_parts_config, load_nextgpt, load_state, nextgpt_added_tokens,
                             parse_keys)

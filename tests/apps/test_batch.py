@@ -135,7 +135,7 @@ jobs:
 
 def _run_cli(script: Path, out: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "anygpt.cli", "run", str(script), "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "apps.cli", "run", str(script), "--out", str(out),
                              "--batch-size", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 

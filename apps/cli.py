@@ -1,4 +1,4 @@
-"""The `anygpt` command line: chat once, or serve the web demo."""
+"""The `anygpt` command line, an application over the anygpt package: chat, demo, scripted runs, data, eval, training."""
 
 from __future__ import annotations
 
