@@ -1,0 +1,119 @@
+"""The decoder-side alignment loss (issue 20): it must rank a collapsed projector below a right one even
+when the targets are mostly padding, and it must train a projector on cached LLM states."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from anygpt.projectors import OutputProjector
+from anygpt.train.alignment import (ProjectorCache, alignment_loss, cache_retrieval, caption_mask,
+                                    collect_signal_states, contrastive_loss, same_target, train_projector)
+
+B, TOKENS, DIM, REAL = 8, 77, 16, 6
+
+
+def _padded_targets(b: int = B, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """SD-like encodings: REAL caption tokens that differ, then padding states that all captions share."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(1, TOKENS, DIM, generator=g).expand(b, -1, -1).clone()  # the shared part
+    target[:, :REAL] = torch.randn(b, REAL, DIM, generator=g)
+    mask = torch.zeros(b, TOKENS, dtype=torch.bool)
+    mask[:, :REAL] = True
+    return target, mask
+
+
+def test_a_collapsed_prediction_loses_to_a_noisy_right_one_when_targets_are_mostly_padding():
+    target, mask = _padded_targets()
+    collapsed = target.mean(0, keepdim=True).expand_as(target)
+    noisy = target + 0.3 * torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    # the old loss (MSE over all 77 positions) prefers the collapsed answer: that is the bug
+    assert torch.nn.functional.mse_loss(collapsed, target) < torch.nn.functional.mse_loss(noisy, target)
+    for weights in ({}, {"contrastive_weight": 0.0}):  # masked MSE alone already ranks them right
+        bad, _ = alignment_loss(collapsed, target, mask, **weights)
+        good, _ = alignment_loss(noisy, target, mask, **weights)
+        assert bad > 3 * good, (weights, bad, good)
+    _, logs = alignment_loss(target.clone(), target, mask)
+    assert logs["mse"] == 0 and logs["top1"] == 1.0
+
+
+def test_the_contrastive_term_rejects_collapse():
+    target, mask = _padded_targets()
+    log_b = math.log(B)
+    mean = target.mean(0, keepdim=True).expand_as(target)
+    assert contrastive_loss(mean, target, mask)[0].item() == pytest.approx(log_b, abs=1e-4)
+    for seed in range(3):  # any other constant: log(B) or worse
+        constant = torch.randn(1, TOKENS, DIM, generator=torch.Generator().manual_seed(seed)).expand_as(target)
+        assert contrastive_loss(constant, target, mask)[0].item() >= log_b - 1e-4
+    right, top1 = contrastive_loss(target.clone(), target, mask)
+    assert right.item() < 0.1 * log_b and top1 == 1.0
+
+
+def test_duplicate_captions_are_not_negatives():
+    target, mask = _padded_targets(4)
+    target, mask = torch.cat([target, target]), torch.cat([mask, mask])  # each caption twice
+    assert same_target(target).sum() == 16
+    groups = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    assert torch.equal(same_target(target), same_target(target, groups))
+    loss, top1 = contrastive_loss(target.clone(), target, mask)
+    assert loss.item() < 0.05 and top1 == 1.0  # without the exclusion it could not go below log(2)
+
+
+def test_the_loss_trains_a_projector_on_a_cache_and_the_cache_round_trips(tmp_path):
+    torch.manual_seed(0)
+    n, signal, hidden = 24, 2, 12
+    target, mask = _padded_targets(6)
+    index = torch.arange(n) % 6
+    states = torch.randn(6, signal, hidden)[index] + 0.05 * torch.randn(n, signal, hidden)
+    cache = ProjectorCache(hidden=states, input_embeds=torch.randn(signal, hidden), index=index, targets=target,
+                           masks=mask, captions=[f"caption {k}" for k in range(6)])
+    cache.save(tmp_path / "cache.safetensors")
+    again = ProjectorCache.load(tmp_path / "cache.safetensors")
+    assert again.captions == cache.captions and torch.equal(again.hidden, cache.hidden)
+
+    projector = OutputProjector(hidden, TOKENS, DIM, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
+                                feedforward=64)
+    history = train_projector(projector, again, steps=60, batch_size=12, lr=3e-3, warmup=5, log_every=10)
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"], history
+    assert history[-1]["mse"] < history[0]["mse"]
+    figures = cache_retrieval(projector, again)
+    assert figures["top1"] > 0.5 and figures["spread"] > 0.3, figures
+
+
+def test_caption_mask_marks_the_caption_tokens():
+    from decoders import DECODERS
+
+    image = DECODERS["image"].tiny()
+    mask = caption_mask(image, ["a red circle", "a small blue square moving to the left"])
+    assert mask.shape == (2, image.conditioning.tokens)
+    assert 3 <= mask[0].sum() < mask[1].sum() < 20 and mask[:, 0].all()
+    audio = DECODERS["audio"].tiny()
+    assert caption_mask(audio, ["a beep"]).tolist() == [[True]]
+
+
+def test_signal_states_are_collected_from_a_tiny_backbone(tiny_backbone_config):
+    from anygpt.model import Turn
+    from anygpt.pipeline import AnyGPT
+
+    app = AnyGPT.from_config(tiny_backbone_config)
+    model = app.model
+    captions = ["a red circle", "a blue square", "a red circle"]
+    samples = [([Turn("user", f"draw {c}"), Turn("assistant", model.signal_string("image"))], [("image", c)])
+               for c in captions]
+    samples.append(([Turn("user", "play a beep"), Turn("assistant", "Sure. " + model.signal_string("audio"))],
+                     [("audio", "a beep")]))
+    caches = collect_signal_states(app, samples, batch_size=2)
+    image = caches["image"]
+    n_signal = tiny_backbone_config.signal_tokens["image"]
+    assert image.hidden.shape == (3, n_signal, 64) and image.input_embeds.shape == (n_signal, 64)
+    assert image.captions == ["a red circle", "a blue square"] and image.index.tolist() == [0, 1, 0]
+    assert image.targets.shape == (2, *tiny_backbone_config.decoders["image"].conditioning)
+    assert torch.allclose(image.hidden[0], image.hidden[2], atol=1e-5)  # same conversation, same states
+    assert caches["audio"].masks.tolist() == [[True]]
+    projector = model.output_projectors["image"]
+    before = {k: v.clone() for k, v in projector.state_dict().items()}
+    history = train_projector(projector, image, steps=3, batch_size=3, log_every=1)
+    assert len(history) == 3 and all(math.isfinite(h["loss"]) for h in history)
+    assert any(not torch.equal(before[k], v) for k, v in projector.state_dict().items())
