@@ -214,6 +214,14 @@ class AnyGPT:
                 plans[p].trace.timings[f"decode_{modality}"] = spent
         return [self._response(plan) for plan in plans]
 
+    def conditioning_batch(self, requests: Sequence["ChatRequest"]) -> list[list[tuple[str, torch.Tensor]]]:
+        """Steps 1-4 of `chat_batch` without decoding: per request, (modality, prompt_embeds [tokens, dim])
+        of each run of signal tokens, in reply order: exactly what the decoders would receive. The
+        collapse check of `anygpt eval --part llm` reads it, so it needs no diffusion run."""
+        plans = [self._prepare(r) for r in requests]
+        self._write(plans, None)
+        return [[(run.modality, c) for run, c in zip(plan.runs, plan.conditioning)] for plan in plans]
+
     def _prepare(self, request: "ChatRequest") -> "_Plan":
         """Steps 1-2 of a request: check inputs, encode media into the prompt's embeddings."""
         # 1. check inputs

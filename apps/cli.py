@@ -218,9 +218,12 @@ def evaluate(
                     if grid is not None and m in ("image", "video"):
                         benchmark.sample_grid(kept[:16] if m == "image" else kept[:6], f"{grid}-{m}.png")
         elif part == "llm":
+            from anygpt.eval.conditioning import eval_conditioning
+
             app = _load(preset, config, weights)
             cfg = app.config
-            results = benchmark.eval_llm(app, n=n, steps=steps)
+            results = eval_conditioning(app, n=n)  # the collapse check: no decoder run, so it comes first
+            results |= benchmark.eval_llm(app, n=n, steps=steps)
         else:
             raise typer.BadParameter(f"unknown part {part!r}; use encoder, decoders or llm")
     except AnyGPTError as e:
