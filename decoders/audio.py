@@ -11,7 +11,9 @@ from diffusers import AudioLDMPipeline, UNet2DConditionModel
 
 from decoders import _tiny
 from decoders.base import MAX_SIZE_FACTOR, Conditioning, Decoder, DecoderError, is_number
+from decoders.frozen_text import masked_mean
 from decoders.media import AudioArtifact
+from decoders.spectral import GriffinLimVocoder  # imported so that a folder naming it loads (see spectral.py)
 
 
 class AudioDecoder(Decoder):
@@ -33,8 +35,21 @@ class AudioDecoder(Decoder):
         return int(np.prod(self.pipeline.vocoder.config.upsample_rates))
 
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        """CLAP's projected, L2-normalised text embedding, [B, dim]."""
-        return self.pipeline._encode_prompt(texts, self.pipeline._execution_device, 1, False)
+        """CLAP's projected, L2-normalised text embedding, [B, dim]. A text encoder without a projection
+        (the tiny decoder's frozen MiniLM) gives its sentence embedding instead: the mean of its token
+        states over the real tokens, L2-normalised, which is what all-MiniLM-L6-v2 was trained to give
+        and plays the part of CLAP's pooled, normalised embedding."""
+        if hasattr(self.pipeline.text_encoder, "text_projection"):
+            return self.pipeline._encode_prompt(texts, self.pipeline._execution_device, 1, False)
+        tokens = self.pipeline.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        tokens = tokens.to(self.pipeline._execution_device)
+        states = self.pipeline.text_encoder(**tokens).last_hidden_state
+        return torch.nn.functional.normalize(masked_mean(states, tokens.attention_mask), dim=-1)
+
+    @torch.no_grad()
+    def text_mask(self, texts) -> torch.Tensor:
+        """One embedding per caption: every position is real."""
+        return torch.ones(len(texts), 1, dtype=torch.bool)
 
     def _pipeline_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
         return embeds[:, 0, :]  # AudioLDM takes prompt_embeds as [B, dim]
@@ -59,21 +74,38 @@ class AudioDecoder(Decoder):
 
     @classmethod
     def _tiny_pipeline(cls, dim: int = 32, seconds: float = 1.0, mel_bins: int = 16,
-                       channels: tuple[int, ...] = (32, 64), vae_channels: tuple[int, ...] = (16, 32)
+                       channels: tuple[int, ...] = (32, 64), vae_channels: tuple[int, ...] = (16, 32),
+                       text_encoder: str = "clap", vocoder: str = "hifigan", attention: bool = True
                        ) -> AudioLDMPipeline:
         """1×`dim` CLAP conditioning; `seconds` of 16 kHz audio by default, from a mel spectrogram of
-        100 frames per second × `mel_bins` (halved on each side by the default VAE)."""
+        100 frames per second × `mel_bins` (halved on each side by the default VAE).
+
+        The tiny preset's build: `text_encoder="minilm"` (the frozen MiniLM's 384-wide sentence
+        embedding), `vocoder="griffinlim"` (a 256-bin linear spectrogram, see decoders/spectral.py;
+        `mel_bins` is then the bin count) and `attention=False` (convolutions only, with attention
+        in the middle block, which a long spectrogram makes cheap)."""
         vae = _tiny.vae(vae_channels, in_channels=1)
         scale = 2 ** (len(vae_channels) - 1)
-        tokenizer, text_encoder = _tiny.clap_text_encoder(dim)
+        if text_encoder == "clap":
+            tokenizer, encoder = _tiny.clap_text_encoder(dim)
+        else:
+            tokenizer, encoder, dim, _ = _tiny.text_encoder_pair(text_encoder, dim, 0)
+        if vocoder == "hifigan":
+            voc = _tiny.hifigan(mel_bins)
+        elif vocoder == "griffinlim":
+            voc = GriffinLimVocoder(model_in_dim=mel_bins, upsample_rates=(_tiny.HOP,))
+        else:
+            raise ValueError(f"vocoder must be 'hifigan' or 'griffinlim', got {vocoder!r}")
+        blocks = _tiny.block_types(len(channels)) if attention else {
+            "down_block_types": ("DownBlock2D",) * len(channels), "up_block_types": ("UpBlock2D",) * len(channels)}
         unet = UNet2DConditionModel(
             sample_size=round(seconds * 16000 / _tiny.HOP) // scale, in_channels=4, out_channels=4,
             block_out_channels=channels, layers_per_block=1, attention_head_dim=8, norm_num_groups=8,
             # AudioLDM's layout: no text cross-attention (its attention layers attend to themselves);
             # the CLAP embedding enters as a class embedding, concatenated to the time embedding.
-            cross_attention_dim=tuple(channels), class_embed_type="simple_projection",
-            projection_class_embeddings_input_dim=dim, class_embeddings_concat=True,
-            **_tiny.block_types(len(channels)),
+            cross_attention_dim=tuple(channels) if attention else channels[-1],
+            class_embed_type="simple_projection", projection_class_embeddings_input_dim=dim,
+            class_embeddings_concat=True, **blocks,
         )
-        return AudioLDMPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                scheduler=_tiny.scheduler(), vocoder=_tiny.hifigan(mel_bins))
+        return AudioLDMPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                scheduler=_tiny.scheduler(), vocoder=voc)

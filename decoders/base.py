@@ -21,6 +21,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from diffusers import (
 )
 
 from decoders.errors import ConditioningError, DecoderError
+from decoders.frozen_text import FrozenTextEncoder
 
 if TYPE_CHECKING:
     from decoders.media import Artifact
@@ -86,12 +88,15 @@ class Decoder(ABC):
     # Short names of the schedulers this decoder may switch to (see `set_scheduler`).
     scheduler_names: ClassVar[tuple[str, ...]] = tuple(SCHEDULERS)
 
-    def __init__(self, pipeline: DiffusionPipeline, model_id: str = "custom"):
+    def __init__(self, pipeline: DiffusionPipeline, model_id: str = "custom",
+                 frozen_text: FrozenTextEncoder | None = None):
         if not isinstance(pipeline, self.pipeline_class):
             raise DecoderError(f"the {self.modality} decoder wraps a {self.pipeline_class.__name__}, "
                                f"got {type(pipeline).__name__}")
         self.pipeline = pipeline
         self.model_id = model_id
+        # Set when the text encoder is a frozen one from a package, named (not carried) by the folder.
+        self.frozen_text = frozen_text
         self._unconditional: torch.Tensor | None = None
         pipeline.set_progress_bar_config(disable=True)
 
@@ -117,24 +122,28 @@ class Decoder(ABC):
         artifact's provenance) defaults to the folder name.
         """
         path = Path(path)
-        cls._check_folder(path)
+        frozen = FrozenTextEncoder.read(path)
+        cls._check_folder(path, skip=("text_encoder", "tokenizer") if frozen else ())
         dtype = _dtype(torch_dtype)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise DecoderError(f"device {device} asked for, but CUDA is not available")
+        components = {}
+        if frozen is not None:  # the pretrained text encoder comes from its package, shared and in float32
+            components["tokenizer"], components["text_encoder"] = frozen.load()
         try:
             pipeline = cls.pipeline_class.from_pretrained(path, torch_dtype=dtype, local_files_only=True,
-                                                          **cls.load_kwargs)
+                                                          **cls.load_kwargs, **components)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
             raise DecoderError(f"cannot load the {cls.modality} pipeline from {path}: {e}") from e
         if cpu_offload and device.type == "cuda":
             pipeline.enable_model_cpu_offload(device=device)
         else:
             pipeline.to(device)
-        return cls(pipeline, model_id=model_id or path.name)
+        return cls(pipeline, model_id=model_id or path.name, frozen_text=frozen)
 
     @classmethod
-    def _check_folder(cls, path: Path) -> None:
+    def _check_folder(cls, path: Path, skip: tuple[str, ...] = ()) -> None:
         """Clear errors for the usual broken checkpoints: no folder, another pipeline, missing parts."""
         if not path.is_dir():
             raise DecoderError(f"{cls.modality} decoder folder not found: {path}")
@@ -151,7 +160,7 @@ class Decoder(ABC):
                                f"needs a {expected}")
         missing = [name for name, spec in index.items()
                    if not name.startswith("_") and isinstance(spec, list) and spec and spec[0] is not None
-                   and name not in cls.load_kwargs and not (path / name).is_dir()]
+                   and name not in cls.load_kwargs and name not in skip and not (path / name).is_dir()]
         if missing:
             raise DecoderError(f"{path} lists components without their folders: {', '.join(missing)}")
 
@@ -162,13 +171,14 @@ class Decoder(ABC):
         `model_id`."""
         model_id = overrides.pop("model_id", f"tiny-{cls.modality}")
         _check_options(cls._tiny_pipeline, overrides, f"the tiny {cls.modality} decoder")
+        frozen = FrozenTextEncoder() if overrides.get("text_encoder") == "minilm" else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pipeline = cls._tiny_pipeline(**overrides)
         for component in pipeline.components.values():
             if isinstance(component, torch.nn.Module):
                 component.eval()  # freshly built transformers models start in training mode (dropout on)
-        return cls(pipeline, model_id=model_id)
+        return cls(pipeline, model_id=model_id, frozen_text=frozen)
 
     @classmethod
     @abstractmethod
@@ -176,8 +186,13 @@ class Decoder(ABC):
         """Build the tiny pipeline (the random state is already seeded)."""
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write a diffusers-format folder that `from_pretrained` (or diffusers itself) loads."""
+        """Write a diffusers-format folder that `from_pretrained` loads (diffusers itself too, given the
+        frozen text encoder as a component when the folder only names it)."""
         self.pipeline.save_pretrained(path, safe_serialization=True)
+        if self.frozen_text is not None:  # named by the pointer file, not carried
+            for name in ("text_encoder", "tokenizer"):
+                shutil.rmtree(Path(path) / name, ignore_errors=True)
+            self.frozen_text.save(Path(path))
 
     def to(self, device: str | torch.device, dtype: torch.dtype | str | None = None) -> "Decoder":
         dtype = _dtype(dtype)
@@ -210,6 +225,17 @@ class Decoder(ABC):
             raise DecoderError(f"encode_text takes a non-empty list of strings, got {texts!r}")
         embeds = self._encode_text(list(texts))
         return embeds.reshape(len(texts), *self.conditioning.shape)
+
+    @torch.no_grad()
+    def text_mask(self, texts: Sequence[str]) -> torch.Tensor:
+        """Which positions of `encode_text(texts)` hold the caption's real tokens, [len(texts), tokens]
+        (bool). The rest is padding, the same for every caption: a loss that counts it rewards a
+        constant output."""
+        tokenizer = self.pipeline.tokenizer
+        tokens = self.conditioning.tokens
+        mask = tokenizer(list(texts), padding="max_length", max_length=tokens, truncation=True,
+                         return_tensors="pt").attention_mask
+        return mask[:, :tokens].bool()
 
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
         """SD-family pipelines (CLIP text encoder): last hidden states, [B, tokens, dim]."""

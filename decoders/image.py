@@ -32,9 +32,9 @@ class ImageDecoder(Decoder):
 
     @classmethod
     def _tiny_pipeline(cls, dim: int = 32, tokens: int = 77, size: int = 64, channels: tuple[int, ...] = (32, 64),
-                       vae_channels: tuple[int, ...] = (16, 32, 32)) -> StableDiffusionPipeline:
+                       vae_channels: tuple[int, ...] = (16, 32, 32), text_encoder: str = "clip") -> StableDiffusionPipeline:
         """77×`dim` conditioning; `size`×`size` images from (size/4)² latents with the default VAE."""
         components = _tiny.latent_diffusion(UNet2DConditionModel, "2D", dim=dim, tokens=tokens, size=size,
-                                            channels=channels, vae_channels=vae_channels)
+                                            channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
         return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)

@@ -42,8 +42,8 @@ class VideoDecoder(Decoder):
 
     @classmethod
     def _tiny_pipeline(cls, dim: int = 32, tokens: int = 77, size: int = 64, channels: tuple[int, ...] = (32, 64),
-                       vae_channels: tuple[int, ...] = (16, 32, 32, 32)) -> TextToVideoSDPipeline:
+                       vae_channels: tuple[int, ...] = (16, 32, 32, 32), text_encoder: str = "clip") -> TextToVideoSDPipeline:
         """77×`dim` conditioning; `size`×`size` frames from (size/8)² latents (ZeroScope's VAE scale) by default."""
         components = _tiny.latent_diffusion(UNet3DConditionModel, "3D", dim=dim, tokens=tokens, size=size,
-                                            channels=channels, vae_channels=vae_channels)
+                                            channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
         return TextToVideoSDPipeline(**components)

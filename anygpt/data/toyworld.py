@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: the held-out sounds cover all eight kinds
 SPLITS = ("train", "heldout")
 MODALITIES = ("image", "audio", "video", "depth")
 
@@ -73,7 +73,10 @@ HELDOUT_KEYS: dict[str, tuple[str, str]] = {
 }
 HELDOUT: dict[str, frozenset[tuple[str, str]]] = {
     "image": frozenset({("red", "triangle"), ("green", "circle"), ("blue", "square"), ("orange", "triangle")}),
-    "audio": frozenset({("low tone", "short"), ("rising sweep", "long"), ("pulsing beeps", "short")}),
+    # one pairing per kind, so that the held-out sounds cover every kind (and both lengths)
+    "audio": frozenset({("low tone", "short"), ("middle tone", "long"), ("high tone", "short"),
+                        ("rising sweep", "long"), ("falling sweep", "short"), ("noise burst", "long"),
+                        ("pulsing beeps", "short"), ("warbling tone", "long")}),
     "video": frozenset({("red", "up"), ("green", "left"), ("blue", "down"), ("yellow", "right")}),
     "depth": frozenset({("triangle", "near")}),
 }

@@ -3,11 +3,12 @@
 Latent diffusion as Stable Diffusion does it, scaled down:
 1. a KL autoencoder (64x64 RGB <-> 16x16x4 latents), shared by the image and video decoders
    (ZeroScope, too, decodes frame by frame with an image VAE);
-2. the image decoder: UNet2DConditionModel + its small CLIP text encoder, trained together
-   with the epsilon-prediction loss, captions dropped 10% of the time for guidance;
+2. the image decoder: UNet2DConditionModel cross-attending to the frozen, pretrained MiniLM's token
+   states (as SD's UNet does to its frozen CLIP's), trained with the epsilon-prediction loss on
+   cached latents and cached text states, captions dropped 10% of the time for guidance, EMA weights;
 3. the video decoder: UNet3DConditionModel on the frame latents, the same way;
-4. the audio decoder: a mel-spectrogram VAE, a UNet conditioned on the CLAP text projection,
-   and a HiFi-GAN vocoder trained on a multi-resolution spectral loss.
+4. the audio decoder: a linear-spectrogram VAE and a UNet conditioned on the frozen MiniLM's
+   sentence embedding (AudioLDM's CLAP slot); Griffin-Lim makes the wave (decoders/spectral.py).
 Each writes a diffusers folder that `decoders.*Decoder.from_pretrained` loads.
 """
 
@@ -72,141 +73,184 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
         * vae.config.scaling_factor
 
 
-# -- 2/3. a text-conditioned UNet (image or video) -------------------------------------------------
-def train_text_unet(name: str, pipeline, latents: torch.Tensor, captions: list[str], out: Path, *, steps: int,
-                    batch_size: int, seed: int, lr: float = 1e-3, max_steps: int | None = None,
-                    device: str = "auto") -> dict:
-    """Epsilon-prediction training of `pipeline.unet` and `pipeline.text_encoder` together.
+# -- 2/3. a UNet conditioned on a frozen text encoder (image or video) ----------------------------
+class EMA:
+    """An exponential moving average of the trained weights (diffusers' `EMAModel`, whose decay warms
+    up as (1 + step) ** -2/3), sampled from instead of the raw weights; it checkpoints as tensors."""
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999):
+        from diffusers.training_utils import EMAModel
+
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.ema = EMAModel(self.params, decay=decay, use_ema_warmup=True, power=2 / 3)
+
+    def step(self, _: int) -> None:
+        self.ema.step(self.params)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{f"ema.{i}": p for i, p in enumerate(self.ema.shadow_params)},
+                "ema.step": torch.tensor(self.ema.optimization_step)}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        for i, p in enumerate(self.ema.shadow_params):
+            p.data.copy_(state[f"ema.{i}"])
+        self.ema.optimization_step = int(state["ema.step"])
+
+    def copy_to(self) -> None:
+        self.ema.copy_to(self.params)
+
+
+@torch.no_grad()
+def cached_text_states(decoder, captions: list[str], chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's own (frozen) encoding of each distinct caption, computed once: (states [U, tokens,
+    dim] with the "" encoding last, index [N] of each caption's row)."""
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    states = torch.cat([decoder.encode_text(unique[i:i + chunk]) for i in range(0, len(unique), chunk)]
+                       + [decoder.unconditional_embeds()[None]])
+    return states, torch.tensor([row[c] for c in captions])
+
+
+def train_conditioned_unet(name: str, decoder, latents: torch.Tensor, captions: list[str], out: Path, *,
+                           steps: int, batch_size: int, seed: int, lr: float = 1e-3, ema_decay: float = 0.999,
+                           max_steps: int | None = None, device: str = "auto") -> dict:
+    """Epsilon-prediction training of `decoder.pipeline.unet` alone, on cached latents and cached
+    frozen text states (nothing but the UNet runs per step); captions are dropped 10% of the time for
+    classifier-free guidance. The EMA weights are what the folder keeps.
 
     `latents` are [N, C, h, w] for images and [N, C, F, h, w] for video (the UNet3D layout).
     """
-    tokenizer, text_encoder, unet = pipeline.tokenizer, pipeline.text_encoder, pipeline.unet
-    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt").input_ids
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                      return_tensors="pt").input_ids
-    parts = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).requires_grad_(True)
+    pipe = decoder.pipeline
+    unet = pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    states, index = cached_text_states(decoder, captions)
+    empty = len(states) - 1
+    unet.requires_grad_(True)
+    ema = EMA(unet, ema_decay)
 
     def batch_fn(step: int):
         rng = np.random.default_rng([seed, step])
         idx = torch.from_numpy(rng.choice(len(latents), batch_size, replace=False))
-        ids = tokens[idx].clone()
-        ids[torch.from_numpy(rng.random(batch_size) < CAPTION_DROPOUT)] = empty[0]
+        rows = index[idx].clone()
+        rows[torch.from_numpy(rng.random(batch_size) < CAPTION_DROPOUT)] = empty
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn(latents[idx].shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-        return latents[idx], ids, noise, t
+        return latents[idx], states[rows], noise, t
+
+    # AudioLDM's UNet takes its one embedding as a class embedding; SD's and ZeroScope's cross-attend
+    class_embedding = unet.config.class_embed_type == "simple_projection"
 
     def loss_fn(batch):
-        x0, ids, noise, t = batch
-        cond = text_encoder(ids)[0]
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        x0, cond, noise, t = batch
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        if class_embedding:
+            pred = unet(noisy, t, encoder_hidden_states=None, class_labels=cond[:, 0]).sample
+        else:
+            pred = unet(noisy, t, encoder_hidden_states=cond).sample
         return F.mse_loss(pred, noise), {}
 
-    summary = train(name, parts, batch_fn, loss_fn, out / f"{name}-run",
-                    LoopSettings(steps=steps, lr=lr, warmup=100, save_every=200, seed=seed, max_steps=max_steps,
-                                 device=device))
-    parts.requires_grad_(False).eval()
+    summary = train(name, unet, batch_fn, loss_fn, out / f"{name}-run",
+                    LoopSettings(steps=steps, lr=lr, warmup=50, save_every=50, seed=seed, max_steps=max_steps,
+                                 device=device),
+                    on_step=ema.step, extra_state=ema.state, load_extra_state=ema.load)
+    ema.copy_to()
+    unet.requires_grad_(False).eval()
     return summary
 
 
+def shipped_vae(folder: str = "anygpt:tiny/image") -> AutoencoderKL:
+    """The trained image VAE of a decoder folder (64x64 RGB <-> 16x16x4), in float32."""
+    from anygpt.config import resolve_path
+
+    return AutoencoderKL.from_pretrained(resolve_path(folder), subfolder="vae", torch_dtype=torch.float32)
+
+
 def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: int = 1500,
-                               image_steps: int = 3000, video_steps: int = 2000, batch_size: int = 32,
-                               video_batch_size: int = 8, seed: int = 0, max_steps: int | None = None,
-                               parts: tuple[str, ...] = ("image", "video"), device: str = "auto") -> dict:
-    """Train the shared VAE, then the image and/or the video decoder; writes out/image and out/video.
+                               image_steps: int = 900, video_steps: int = 2000, batch_size: int = 64,
+                               video_batch_size: int = 16, seed: int = 0, max_steps: int | None = None,
+                               parts: tuple[str, ...] = ("image", "video"), device: str = "auto",
+                               init_vae: str | None = "anygpt:tiny/image") -> dict:
+    """The image and/or the video decoder on the shared VAE; writes out/image and out/video.
 
-    The VAE run resumes from its checkpoint, so two processes can train `parts=("image",)` and
-    `parts=("video",)` side by side once it has finished."""
+    The VAE comes from `init_vae` (a decoder folder; the shipped one by default), or is trained
+    first when `init_vae` is None (its run resumes, so two processes can split image and video once it
+    has finished). The UNets condition on the frozen MiniLM (see decoders/frozen_text.py)."""
     out = Path(out)
-    image_rows, video_rows = load_rows(data, "image"), load_rows(data, "video")
+    image_rows = load_rows(data, "image") if "image" in parts else []
+    video_rows = load_rows(data, "video") if "video" in parts else []
     console.print(f"loading {len(image_rows)} images and {len(video_rows)} videos")
-    images = to_pixels(np.stack([tw.load_image(r["path"]) for r in image_rows]))
-    videos = to_pixels(np.stack([tw.load_video(r["path"]) for r in video_rows]))  # [N, F, 3, H, W]
-    image_dec = ImageDecoder.tiny(seed=seed)
-    # The video decoder shares the image VAE (16x16 latents for 64x64 frames).
-    video_dec = VideoDecoder.tiny(seed=seed, vae_channels=tuple(image_dec.pipeline.vae.config.block_out_channels))
+    images = to_pixels(np.stack([tw.load_image(r["path"]) for r in image_rows])) if image_rows else None
+    videos = to_pixels(np.stack([tw.load_video(r["path"]) for r in video_rows])) if video_rows else None
     summaries = {}
-
-    vae = image_dec.pipeline.vae
-    frames = videos[:, ::2].flatten(0, 1)  # every other frame: enough variety, half the cost
-    summaries["vae"] = train_vae(vae, torch.cat([images, frames]), out, steps=vae_steps, batch_size=batch_size,
-                                 seed=seed, max_steps=max_steps, device=device)
-    video_dec.pipeline.vae.load_state_dict(vae.state_dict())
-    video_dec.pipeline.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
+    if init_vae is not None:
+        vae = shipped_vae(init_vae)
+    else:
+        vae = ImageDecoder.tiny(seed=seed).pipeline.vae
+        pixels = [x for x in (images, None if videos is None else videos[:, ::2].flatten(0, 1)) if x is not None]
+        summaries["vae"] = train_vae(vae, torch.cat(pixels), out, steps=vae_steps, batch_size=batch_size,
+                                     seed=seed, max_steps=max_steps, device=device)
+    vae.requires_grad_(False).eval()
 
     if "image" in parts:
-        summaries["image"] = train_text_unet("image-unet", image_dec.pipeline, encode_latents(vae, images),
-                                             [r["caption"] for r in image_rows], out, steps=image_steps,
-                                             batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)
+        image_dec = ImageDecoder.tiny(seed=seed, text_encoder="minilm", channels=(64, 128),
+                                      vae_channels=tuple(vae.config.block_out_channels))
+        _use_vae(image_dec, vae)
+        summaries["image"] = train_conditioned_unet("image-unet", image_dec, encode_latents(vae, images),
+                                                    [r["caption"] for r in image_rows], out, steps=image_steps,
+                                                    batch_size=batch_size, seed=seed, max_steps=max_steps,
+                                                    device=device)
         image_dec.save_pretrained(out / "image")
-    if "video" not in parts:
-        return summaries
-
-    n, f = videos.shape[:2]
-    video_latents = encode_latents(vae, videos.flatten(0, 1)).unflatten(0, (n, f)).movedim(1, 2)  # [N, C, F, h, w]
-    summaries["video"] = train_text_unet("video-unet", video_dec.pipeline, video_latents,
-                                         [r["caption"] for r in video_rows], out, steps=video_steps,
-                                         batch_size=video_batch_size, seed=seed, max_steps=max_steps, device=device)
-    video_dec.save_pretrained(out / "video")
+    if "video" in parts:
+        video_dec = VideoDecoder.tiny(seed=seed, text_encoder="minilm", channels=(32, 64),
+                                      vae_channels=tuple(vae.config.block_out_channels))
+        _use_vae(video_dec, vae)
+        n, f = videos.shape[:2]
+        video_latents = encode_latents(vae, videos.flatten(0, 1)).unflatten(0, (n, f)).movedim(1, 2)  # [N,C,F,h,w]
+        summaries["video"] = train_conditioned_unet("video-unet", video_dec, video_latents,
+                                                    [r["caption"] for r in video_rows], out, steps=video_steps,
+                                                    batch_size=video_batch_size, seed=seed, max_steps=max_steps,
+                                                    device=device)
+        video_dec.save_pretrained(out / "video")
     return summaries
+
+
+def _use_vae(decoder, vae: AutoencoderKL) -> None:
+    decoder.pipeline.vae.load_state_dict(vae.state_dict())
+    decoder.pipeline.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
 
 
 # -- 4. the audio decoder ------------------------------------------------------------------------
 AUDIO_SECONDS = 2.0  # every toy clip fits; shorter ones are padded with silence
-MEL_BINS = 32
+SPECTROGRAM_BINS = 256
 
 
-def pipe_mel_bins(decoder) -> int:
-    """The mel bins the decoder's vocoder reads."""
-    return decoder.pipeline.vocoder.config.model_in_dim
+def tiny_audio_decoder(seed: int = 0):
+    """The tiny AudioLDM: frozen MiniLM sentence embedding (1x384), a 256-bin linear spectrogram
+    (4x smaller latents: 50x64 for 2 s), a convolutional UNet, and Griffin-Lim for the wave."""
+    from decoders import AudioDecoder
+
+    return AudioDecoder.tiny(seed=seed, text_encoder="minilm", vocoder="griffinlim", mel_bins=SPECTROGRAM_BINS,
+                             seconds=AUDIO_SECONDS, channels=(32, 64, 64), vae_channels=(8, 16, 32),
+                             attention=False)
 
 
-class LogMel(torch.nn.Module):
-    """The spectrogram the tiny AudioLDM works in: AudioLDM's STFT (1024/160 at 16 kHz), log-compressed
-    and scaled to about [-1, 1]. The VAE encodes it, the vocoder inverts it."""
+def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600, unet_steps: int = 1500,
+                     batch_size: int = 32, seed: int = 0, max_steps: int | None = None, device: str = "auto",
+                     parts: tuple[str, ...] = ("vae", "unet"), init: str | Path | None = None) -> dict:
+    """Train the tiny AudioLDM's spectrogram VAE and its text-conditioned UNet; writes out/audio.
 
-    def __init__(self, mel_bins: int = MEL_BINS, sample_rate: int = tw.SAMPLE_RATE):
-        super().__init__()
-        import torchaudio
-
-        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=1024, hop_length=160,
-                                                        n_mels=mel_bins, f_min=0.0, f_max=sample_rate / 2,
-                                                        power=1.0, center=True)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B, S // 160, mel_bins]
-        frames = wave.shape[-1] // 160
-        return ((torch.log(self.mel(wave).clamp(min=1e-5)) + 5.0) / 5.0)[..., :frames].transpose(-1, -2)
-
-
-def _stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-resolution STFT loss (spectral convergence + log magnitude), as HiFi-GAN fine-tuning uses."""
-    loss = 0.0
-    for n_fft, hop in ((256, 64), (512, 128), (1024, 256)):
-        window = torch.hann_window(n_fft, device=pred.device)
-        p = torch.stft(pred, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-6)
-        t = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-6)
-        loss = loss + torch.linalg.norm(t - p) / torch.linalg.norm(t) + F.l1_loss(p.log(), t.log())
-    return loss / 3
-
-
-def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600, vocoder_steps: int = 1500,
-                     unet_steps: int = 2500, batch_size: int = 16, seed: int = 0, max_steps: int | None = None,
-                     device: str = "auto", parts: tuple[str, ...] = ("vae", "vocoder", "unet"),
-                     init: str | Path | None = None) -> dict:
-    """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, and the CLAP-conditioned UNet; writes out/audio.
-
-    `init` starts from a trained decoder folder and `parts` picks what to (re)train, e.g. a longer
-    vocoder run on top of a shipped decoder: parts=("vocoder",), init="anygpt:tiny/audio".
-    (The UNet's latents come from the VAE: retraining the VAE means retraining the UNet.)"""
+    Nothing is trained to make the wave: the vocoder is Griffin-Lim (decoders/spectral.py). `init`
+    starts from a trained decoder folder and `parts` picks what to (re)train, e.g. a longer UNet run
+    on the shipped VAE: parts=("unet",), init="anygpt:tiny/audio". (The UNet's latents come from the
+    VAE: retraining the VAE means retraining the UNet.)"""
     from anygpt.config import resolve_path
     from decoders import AudioDecoder
 
-    unknown = set(parts) - {"vae", "vocoder", "unet"}
+    unknown = set(parts) - {"vae", "unet"}
     if unknown or not parts:
-        raise ValueError(f"parts must be some of vae, vocoder, unet; got {sorted(parts)}")
-    if init is None and set(parts) != {"vae", "vocoder", "unet"}:
+        raise ValueError(f"parts must be some of vae, unet; got {sorted(parts)}")
+    if init is None and set(parts) != {"vae", "unet"}:
         raise ValueError("training only some parts needs `init`, a trained decoder folder to start from")
 
     out = Path(out)
@@ -218,80 +262,21 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         if sr != tw.SAMPLE_RATE:
             raise ValueError(f"{r['path']}: expected {tw.SAMPLE_RATE} Hz audio, got {sr}")
         waves[i, :min(length, len(wave))] = torch.from_numpy(wave[:length])
-    if init is None:
-        dec = AudioDecoder.tiny(seed=seed, mel_bins=MEL_BINS, seconds=AUDIO_SECONDS, vae_channels=(16, 32, 32))
-    else:
-        dec = AudioDecoder.from_pretrained(resolve_path(str(init)), torch_dtype=torch.float32)
-    pipe, to_mel = dec.pipeline, LogMel(pipe_mel_bins(dec))
+    dec = tiny_audio_decoder(seed) if init is None else AudioDecoder.from_pretrained(resolve_path(str(init)),
+                                                                                      torch_dtype=torch.float32)
+    pipe = dec.pipeline
     with torch.no_grad():
-        mels = torch.cat([to_mel(waves[i:i + 256]) for i in range(0, len(waves), 256)])  # [N, T, M]
+        specs = torch.cat([pipe.vocoder.spectrogram(waves[i:i + 256]) for i in range(0, len(waves), 256)])
     summaries = {}
     if "vae" in parts:
-        summaries["vae"] = train_vae(pipe.vae, mels[:, None], out / "audio-vae", steps=vae_steps,
+        summaries["vae"] = train_vae(pipe.vae, specs[:, None], out / "audio-vae", steps=vae_steps,
                                      batch_size=batch_size, seed=seed, max_steps=max_steps, device=device)
-
-    # The vocoder learns mel -> waveform on random 0.32 s windows.
-    vocoder, frames = pipe.vocoder, 32
-
-    def vocoder_batch(step: int):
-        rng = np.random.default_rng([seed, step])
-        idx = rng.choice(len(waves), batch_size, replace=False)
-        start = rng.integers(0, mels.shape[1] - frames, size=batch_size)
-        mel = torch.stack([mels[i, s:s + frames] for i, s in zip(idx, start)])
-        wave = torch.stack([waves[i, s * 160:(s + frames) * 160] for i, s in zip(idx, start)])
-        return mel, wave
-
-    def vocoder_loss(batch):
-        mel, wave = batch
-        pred = vocoder(mel)
-        spec = _stft_loss(pred, wave)
-        mel_l1 = F.l1_loss(to_mel(pred), to_mel(wave))
-        return spec + mel_l1, {"stft": spec.item(), "mel": mel_l1.item()}
-
-    if "vocoder" in parts:
-        vocoder.requires_grad_(True)
-        to_mel.to(resolve_device(device))
-        # float32 throughout: the bfloat16-autocast run of the shipped recipe stalled at a near-silent
-        # output (spectral convergence ~1); the float32 fine-tune recovers (cause not fully established)
-        summaries["vocoder"] = train("vocoder", vocoder, vocoder_batch, vocoder_loss, out / "audio-vocoder",
-                                     LoopSettings(steps=vocoder_steps, lr=2e-3 if init is None else 1e-3, warmup=50,
-                                                  save_every=200, seed=seed, max_steps=max_steps, device=device,
-                                                  amp=False))
-        vocoder.requires_grad_(False).eval()
-        to_mel.to("cpu")
-    if "unet" not in parts:
-        dec.save_pretrained(out / "audio")
-        return summaries
-
-    # The UNet reads the CLAP text projection (L2-normalised, as AudioLDM computes it) as a class embedding.
-    latents = encode_latents(pipe.vae, mels[:, None])
-    tokenizer, text_encoder, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
-    tokens = tokenizer([r["caption"] for r in rows], padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    parts = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).requires_grad_(True)
-
-    def unet_batch(step: int):
-        rng = np.random.default_rng([seed, step])
-        idx = torch.from_numpy(rng.choice(len(latents), batch_size, replace=False))
-        ids, mask = tokens.input_ids[idx].clone(), tokens.attention_mask[idx].clone()
-        drop = torch.from_numpy(rng.random(batch_size) < CAPTION_DROPOUT)
-        ids[drop], mask[drop] = empty.input_ids[0], empty.attention_mask[0]
-        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(latents[idx].shape, generator=g)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-        return latents[idx], ids, mask, noise, t
-
-    def unet_loss(batch):
-        x0, ids, mask, noise, t = batch
-        cond = F.normalize(text_encoder(ids, attention_mask=mask).text_embeds, dim=-1)
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=None, class_labels=cond).sample
-        return F.mse_loss(pred, noise), {}
-
-    summaries["unet"] = train("audio-unet", parts, unet_batch, unet_loss, out / "audio-unet",
-                              LoopSettings(steps=unet_steps, lr=1e-3, warmup=100, save_every=200, seed=seed,
-                                           max_steps=max_steps, device=device))
-    parts.requires_grad_(False).eval()
+    pipe.vae.requires_grad_(False).eval()
+    if "unet" in parts:
+        # The UNet reads the caption's sentence embedding as a class embedding ([B, 1, 384] -> [B, 384]).
+        latents = encode_latents(pipe.vae, specs[:, None])
+        summaries["unet"] = train_conditioned_unet("audio-unet", dec, latents, [r["caption"] for r in rows], out,
+                                                   steps=unet_steps, batch_size=batch_size, seed=seed,
+                                                   max_steps=max_steps, device=device)
     dec.save_pretrained(out / "audio")
     return summaries
