@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -89,6 +90,15 @@ class DecoderSettings(_Strict):
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     size: dict[str, float] = Field(default_factory=dict)  # height/width, audio_length_in_s, num_frames
+
+    def size_options(self, **overrides: float | None) -> dict[str, float | int]:
+        """`size` as the decoder takes it: each given (not None) override of a size this decoder has,
+        and pixel and frame counts as ints (a JSON or YAML config may hold them as floats)."""
+        size = {**self.size, **{k: v for k, v in overrides.items() if k in self.size and v is not None}}
+        return {k: int(v) if k in _COUNTS else v for k, v in size.items()}
+
+
+_COUNTS = ("height", "width", "num_frames")  # the sizes that are whole numbers
 
 
 class ProjectorSettings(_Strict):
@@ -213,25 +223,18 @@ def tiny_preset() -> AnyGPTConfig:
     )
 
 
-def nextgpt_7b_preset() -> AnyGPTConfig:
-    """NExT-GPT's full-size stack, every part from a local path named by an environment variable."""
-
-    def need(var: str) -> str:
-        value = os.environ.get(var)
-        if not value:
-            raise ConfigError(f"preset 'nextgpt-7b' needs the environment variable {var} (a local path)")
-        return value
-
+def nextgpt_7b_preset(*, vicuna: str, imagebind: str, sd: str, audioldm: str, zeroscope: str) -> AnyGPTConfig:
+    """NExT-GPT's full-size stack, every part from the local path given for it."""
     return AnyGPTConfig(
         name="nextgpt-7b",
-        llm=LLMConfig(path=need("ANYGPT_VICUNA"), dtype="float16"),
-        encoder=EncoderSettings(kind="huge", checkpoint=need("ANYGPT_IMAGEBIND")),
+        llm=LLMConfig(path=vicuna, dtype="float16"),
+        encoder=EncoderSettings(kind="huge", checkpoint=imagebind),
         decoders={
-            "image": DecoderSettings(path=need("ANYGPT_SD"), conditioning=(77, 768), dtype="float16",
+            "image": DecoderSettings(path=sd, conditioning=(77, 768), dtype="float16",
                                      model_id="stable-diffusion-v1-5", size={"height": 512, "width": 512}),
-            "audio": DecoderSettings(path=need("ANYGPT_AUDIOLDM"), conditioning=(1, 512), dtype="float16",
+            "audio": DecoderSettings(path=audioldm, conditioning=(1, 512), dtype="float16",
                                      model_id="audioldm-l-full", size={"audio_length_in_s": 5.0}),
-            "video": DecoderSettings(path=need("ANYGPT_ZEROSCOPE"), conditioning=(77, 1024), dtype="float16",
+            "video": DecoderSettings(path=zeroscope, conditioning=(77, 1024), dtype="float16",
                                      model_id="zeroscope-v2-576w", guidance_scale=7.5,
                                      size={"num_frames": 16, "height": 320, "width": 576}),
         },
@@ -242,9 +245,30 @@ def nextgpt_7b_preset() -> AnyGPTConfig:
 
 
 PRESETS = {"tiny": tiny_preset, "nextgpt-7b": nextgpt_7b_preset}
+# The local paths each preset takes, by part; the command line and the other applications read them
+# from these environment variables, once, at start (`paths_from_env`).
+PRESET_PATHS: dict[str, dict[str, str]] = {
+    "tiny": {},
+    "nextgpt-7b": {"vicuna": "ANYGPT_VICUNA", "imagebind": "ANYGPT_IMAGEBIND", "sd": "ANYGPT_SD",
+                   "audioldm": "ANYGPT_AUDIOLDM", "zeroscope": "ANYGPT_ZEROSCOPE"},
+}
 
 
-def preset(name: str) -> AnyGPTConfig:
+def preset(name: str, paths: dict[str, str] | None = None) -> AnyGPTConfig:
+    """A named preset; `paths` gives the local path of each part it needs (`PRESET_PATHS[name]`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
-    return PRESETS[name]()
+    needed = PRESET_PATHS[name]
+    given = {k: v for k, v in (paths or {}).items() if k in needed and v}
+    missing = [k for k in needed if k not in given]
+    if missing:
+        raise ConfigError(f"preset {name!r} needs a local path for {', '.join(missing)} (the command line reads "
+                          f"{', '.join(needed[k] for k in missing)})")
+    return PRESETS[name](**given)
+
+
+def paths_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The presets' part paths from their environment variables (for applications, read once at start)."""
+    environ = os.environ if environ is None else environ
+    names = {part: var for parts in PRESET_PATHS.values() for part, var in parts.items()}
+    return {part: environ[var] for part, var in names.items() if environ.get(var)}

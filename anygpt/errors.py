@@ -11,3 +11,8 @@ class InputError(AnyGPTError, ValueError):
 
 class ConfigError(AnyGPTError, ValueError):
     """A config file, preset or checkpoint folder that cannot be used as given."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a library's error may run to a page), or its type's name."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from anygpt.config import LLMConfig
-from anygpt.errors import ConfigError
+from anygpt.errors import ConfigError, first_line
 
 MEDIA_TOKEN = "<|media|>"  # placeholder spliced out for one projected encoder embedding
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def cache_dir() -> Path:
@@ -57,12 +57,15 @@ def resolve_gguf(cfg: LLMConfig) -> Path | None:
 
 def load_llm(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the causal LM and its tokenizer, from local files only."""
-    dtype = _DTYPES[cfg.dtype]
+    dtype = getattr(torch, cfg.dtype)  # the config allows float32, float16 and bfloat16 only
     gguf = resolve_gguf(cfg)
     if gguf is None:
         folder = Path(cfg.path)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a folder transformers cannot load
+            raise ConfigError(f"cannot load the LLM from {folder}: {first_line(e)}") from None
         return model, tokenizer
 
     stat = gguf.stat()
@@ -102,14 +105,6 @@ class SignalTokens:
     def names(cls, counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
         return {m: tuple(f"[{cls.PREFIX[m]}{i}]" for i in range(n)) for m, n in counts.items()}
 
-    def all_ids(self) -> list[int]:
-        return [i for ids in self.ids.values() for i in ids]
-
-    def modality_of(self, token_id: int) -> str | None:
-        for m, ids in self.ids.items():
-            if token_id in ids:
-                return m
-        return None
 
 
 def add_signal_tokens(

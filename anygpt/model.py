@@ -93,8 +93,8 @@ class SignalRunProcessor(LogitsProcessor):
     """
 
     def __init__(self, signal: SignalTokens, allowed: set[str], banned_ids: list[int], max_runs: int,
-                 prompt_len: int, earlier: list[int] = ()):
-        self.signal, self.allowed, self.max_runs, self.prompt_len = signal, allowed, max_runs, prompt_len
+                 earlier: list[int] = ()):
+        self.signal, self.allowed, self.max_runs = signal, allowed, max_runs
         self.earlier = list(earlier)  # tokens of the same reply written before this generate call
         self.banned = list(banned_ids)
         for m, ids in signal.ids.items():
@@ -104,7 +104,7 @@ class SignalRunProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(scores.shape[0]):
-            generated = self.earlier + input_ids[row, self.prompt_len:].tolist()
+            generated = self.earlier + input_ids[row].tolist()  # generate from embeddings: only new tokens
             last = generated[-1] if generated else None
             if last in self.next_of:  # inside a run: force its next token
                 forced = self.next_of[last]
@@ -284,8 +284,7 @@ class AnyGPTModel(nn.Module):
 
     def _processor(self, allowed: set[str], earlier: list[int] = ()) -> LogitsProcessorList:
         return LogitsProcessorList([SignalRunProcessor(self.signal, allowed, [self.media_token_id],
-                                                       self.config.max_outputs_per_reply, prompt_len=0,
-                                                       earlier=earlier)])
+                                                       self.config.max_outputs_per_reply, earlier=earlier)])
 
     def _write_padded(self, prompts: list[torch.Tensor], *, max_new_tokens: int, allowed: set[str], pad_token_id: int,
                       **options) -> list[tuple[list[int], torch.Tensor | None]]:

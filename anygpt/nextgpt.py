@@ -36,7 +36,7 @@ Prompt template and stop string (demo_app.py, inference.py, prepare_generation_e
   sit in the user turn as `<Img>` + one projected ImageBind embedding + `</Img>` (`<Vid>`/`<Aud>` in
   the demo). `CHAT_TEMPLATE` is that template for `tokenizer.apply_chat_template`; it is set on
   the loaded tokenizer when the LLM folder has none (Vicuna v0 predates chat templates).
-  `STOP_STRING` is documented only: AnyGPT's generation stops at the LLM's end-of-sequence token.
+  AnyGPT does not use that stop string: its generation stops at the LLM's end-of-sequence token.
 
 What is deliberately not carried over (each is reported, see `NextGPTReport`):
   * the rows of NExT-GPT's six wrapper tokens `<Img> </Img> <Vid> </Vid> <Aud> </Aud>`: AnyGPT
@@ -53,7 +53,6 @@ import os
 import pickle
 import re
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,10 +61,10 @@ import torch
 
 from anygpt.config import AnyGPTConfig, ProjectorSettings, nextgpt_7b_preset
 from anygpt.errors import ConfigError
+from anygpt.pipeline import AnyGPT
 
 if TYPE_CHECKING:
     from anygpt.model import AnyGPTModel
-    from anygpt.pipeline import AnyGPT
 
 CHECKPOINT_FILE = "pytorch_model.pt"  # agent.py save_model
 ADDED_TOKENS_FILE = "added_tokens.json"  # written beside it by llama_tokenizer.save_pretrained, when kept
@@ -107,7 +106,6 @@ NEXTGPT_SIGNAL_TOKENS = {"image": 4, "video": 24, "audio": 8}  # base.yaml num_g
 NEXTGPT_LORA_ALPHA = 32  # stage_3.yaml (alpha is not in the weights; r is, and is read from them)
 NEXTGPT_HEADS = 4  # layers.py nhead (not in the weights either)
 
-STOP_STRING = "###"
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -228,22 +226,8 @@ def parse_keys(state: dict[str, torch.Tensor], source: str = "checkpoint") -> _L
 
 # -- the config ------------------------------------------------------------------------------------
 
-@contextmanager
-def _environ(values: dict[str, str]):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def frozen_parts_config(*, vicuna, imagebind, sd, audioldm, zeroscope) -> AnyGPTConfig:
-    """The `nextgpt-7b` preset with its five frozen parts given as paths (instead of env variables)."""
+    """The `nextgpt-7b` preset with its five frozen parts given as paths (each checked to exist)."""
     given = {"vicuna": vicuna, "imagebind": imagebind, "sd": sd, "audioldm": audioldm, "zeroscope": zeroscope}
     missing = [k for k, v in given.items() if v is None]
     if missing:
@@ -255,9 +239,7 @@ def frozen_parts_config(*, vicuna, imagebind, sd, audioldm, zeroscope) -> AnyGPT
         if not p.exists():
             raise ConfigError(f"--{k}: not found: {p}")
         paths[k] = str(p)
-    with _environ({"ANYGPT_VICUNA": paths["vicuna"], "ANYGPT_IMAGEBIND": paths["imagebind"], "ANYGPT_SD": paths["sd"],
-                   "ANYGPT_AUDIOLDM": paths["audioldm"], "ANYGPT_ZEROSCOPE": paths["zeroscope"]}):
-        config = nextgpt_7b_preset()
+    config = nextgpt_7b_preset(**paths)
     lora = config.lora.model_copy(update={"alpha": NEXTGPT_LORA_ALPHA})
     projector = config.projector.model_copy(update={"heads": NEXTGPT_HEADS})
     return config.model_copy(update={"name": "nextgpt-7b-tiva-v0", "lora": lora, "projector": projector})
@@ -405,7 +387,7 @@ def load_state(model: "AnyGPTModel", state: dict[str, torch.Tensor], layout: _La
 
 def load_nextgpt(checkpoint: str | os.PathLike, *, config: AnyGPTConfig | str | os.PathLike | None = None,
                  vicuna=None, imagebind=None, sd=None, audioldm=None, zeroscope=None,
-                 device: str = "cpu") -> tuple["AnyGPT", NextGPTReport]:
+                 device: str = "cpu") -> tuple[AnyGPT, NextGPTReport]:
     """NExT-GPT's delta checkpoint on top of its frozen parts -> (AnyGPT, what was mapped).
 
     The frozen parts come either from the five paths (the `nextgpt-7b` preset: Vicuna-7B v0 folder,
@@ -413,8 +395,6 @@ def load_nextgpt(checkpoint: str | os.PathLike, *, config: AnyGPTConfig | str | 
     `config` (an AnyGPTConfig or its file), e.g. scaled-down stand-ins. Either way the projector
     sizes and the LoRA rank are read from the tensors; a shape that does not fit names the tensor.
     """
-    from anygpt.pipeline import AnyGPT
-
     file = checkpoint_file(checkpoint)
     state = read_checkpoint(file)
     layout = parse_keys(state, str(file))

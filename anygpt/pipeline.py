@@ -15,7 +15,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,11 +27,11 @@ from safetensors.torch import load_file, save_file
 from transformers import TextStreamer
 
 from decoders.errors import DecoderError
-from encoders import ImageBindConfig, ImageBindEncoder, InputLimits, MediaError
+from encoders import CheckpointError, ImageBindConfig, ImageBindEncoder, InputLimits, MediaError
 
 from anygpt.config import (INPUT_MODALITIES, OUTPUT_MODALITIES, AnyGPTConfig, DecoderSettings, EncoderSettings,
                            preset, resolve_path, shipped_tiny)
-from anygpt.errors import ConfigError, InputError
+from anygpt.errors import ConfigError, InputError, first_line
 from anygpt.llm import load_llm
 from anygpt.model import AnyGPTModel, Turn
 from anygpt.response import Response, Trace
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from decoders import Decoder
 
 WEIGHTS_FILE = "anygpt.safetensors"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ChatOptions(BaseModel):
@@ -60,14 +60,26 @@ class ChatOptions(BaseModel):
     num_frames: int | None = None
 
 
+@contextmanager
+def part_errors(what: str, *, loading: bool) -> Iterator[None]:
+    """The one mapping of the parts' own errors onto AnyGPT's, at the façade's boundary: past it every
+    error is an AnyGPTError with a one-line message. A checkpoint or folder that a part cannot load
+    (`loading`) is a ConfigError; input that a part refuses is an InputError. `what` names the part."""
+    try:
+        yield
+    except (CheckpointError, DecoderError, MediaError) as e:
+        raise (ConfigError if loading else InputError)(f"{what}: {first_line(e)}" if what else first_line(e)) from None
+
+
 def build_encoder(settings: EncoderSettings) -> ImageBindEncoder:
     """ImageBind from an official .pth, a saved folder, or (tiny, no checkpoint) built in code."""
     if settings.checkpoint:
         path = resolve_path(settings.checkpoint)
-        if path.is_dir():  # shipped weights may be stored in half precision; compute in float32 on CPU
-            return ImageBindEncoder.from_pretrained(path, dtype=torch.float32)
-        config = ImageBindConfig.huge() if settings.kind == "huge" else ImageBindConfig.tiny()
-        return ImageBindEncoder.from_checkpoint(path, config)
+        with part_errors("encoder", loading=True):
+            if path.is_dir():  # shipped weights may be stored in half precision; compute in float32 on CPU
+                return ImageBindEncoder.from_pretrained(path, dtype=torch.float32)
+            config = ImageBindConfig.huge() if settings.kind == "huge" else ImageBindConfig.tiny()
+            return ImageBindEncoder.from_checkpoint(path, config)
     if settings.kind == "huge":
         raise ConfigError("encoder kind 'huge' needs a checkpoint path (imagebind_huge.pth)")
     return ImageBindEncoder.tiny(seed=settings.seed)
@@ -79,11 +91,12 @@ def build_decoder(modality: str, settings: DecoderSettings, device: str = "cpu")
     from decoders import DECODERS  # diffusers is imported with the first decoder, not at start-up
 
     cls = DECODERS[modality]
-    if settings.path:
-        dec = cls.from_pretrained(resolve_path(settings.path), torch_dtype=_DTYPES[settings.dtype], device=device,
-                                  cpu_offload=device == "cuda", model_id=settings.model_id)
-    else:
-        dec = cls.tiny(seed=settings.seed)
+    with part_errors(f"{modality} decoder", loading=True):
+        if settings.path:
+            dec = cls.from_pretrained(resolve_path(settings.path), torch_dtype=settings.dtype, device=device,
+                                      cpu_offload=device == "cuda", model_id=settings.model_id)
+        else:
+            dec = cls.tiny(seed=settings.seed)
     if tuple(dec.conditioning.shape) != tuple(settings.conditioning):
         raise ConfigError(f"{modality} decoder takes conditioning {tuple(dec.conditioning.shape)} but the "
                           f"config (and its output projector) says {tuple(settings.conditioning)}")
@@ -114,12 +127,25 @@ class AnyGPT:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, name: str = "tiny", **kwargs) -> "AnyGPT":
-        """A named preset; `tiny` comes with its trained LLM side when the package ships it."""
+    def load(cls, preset: str = "tiny", config: AnyGPTConfig | str | os.PathLike | None = None,
+             weights: str | os.PathLike | None = None, *, paths: dict[str, str] | None = None,
+             **kwargs) -> "AnyGPT":
+        """What the applications load: a save_pretrained folder (`weights`), else a config (an
+        AnyGPTConfig or its file), else a named preset with the local `paths` of its parts."""
+        if weights:
+            return cls.from_pretrained(weights, **kwargs)
+        if config:
+            return cls.from_config(config, **kwargs)
+        return cls.from_preset(preset, paths=paths, **kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str = "tiny", *, paths: dict[str, str] | None = None, **kwargs) -> "AnyGPT":
+        """A named preset (`paths`: the local path of each part it needs, see config.PRESET_PATHS);
+        `tiny` comes with its trained LLM side when the package ships it."""
         shipped = shipped_tiny("model") if name == "tiny" else None
         if shipped is not None:
             return cls.from_pretrained(resolve_path(shipped), **kwargs)
-        return cls.from_config(preset(name), **kwargs)
+        return cls.from_config(preset(name, paths), **kwargs)
 
     @classmethod
     def from_config(cls, config: AnyGPTConfig | str | os.PathLike, *, weights: str | os.PathLike | None = None,
@@ -127,8 +153,8 @@ class AnyGPT:
         """Build every part a config names; `weights` is a folder written by `save_pretrained`."""
         if not isinstance(config, AnyGPTConfig):
             config = AnyGPTConfig.load(config)
+        encoder = build_encoder(config.encoder)  # first: a broken checkpoint fails before the LLM loads
         llm, tokenizer = load_llm(config.llm)
-        encoder = build_encoder(config.encoder)
         with torch.random.fork_rng():  # untrained parts start the same on every build
             torch.manual_seed(0)
             model = AnyGPTModel(config, llm, tokenizer, encoder, init_new_rows=weights is None)
@@ -143,14 +169,6 @@ class AnyGPT:
             raise ConfigError(f"not an AnyGPT folder (no config.json): {folder}")
         config = AnyGPTConfig.parse(json.loads((folder / "config.json").read_text()), source=str(folder / "config.json"))
         return cls.from_config(config, weights=folder, **kwargs)
-
-    @classmethod
-    def from_nextgpt(cls, checkpoint: str | os.PathLike, **kwargs) -> "AnyGPT":
-        """NExT-GPT's released delta checkpoint (pytorch_model.pt), unchanged, on its frozen parts:
-        `vicuna=, imagebind=, sd=, audioldm=, zeroscope=` paths, or `config=`. See anygpt.nextgpt."""
-        from anygpt.nextgpt import load_nextgpt
-
-        return load_nextgpt(checkpoint, **kwargs)[0]
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """config.json (with references to the frozen parts) + anygpt.safetensors (+ lora/ when enabled)."""
@@ -310,21 +328,14 @@ class AnyGPT:
 
     def _decode(self, modality: str, prompt_embeds: torch.Tensor, seeds: list[int], opts: ChatOptions) -> list:
         settings = self.config.decoders[modality]
-        size = dict(settings.size)
-        for key in ("height", "width", "audio_length_in_s", "num_frames"):
-            if key in size and getattr(opts, key) is not None:
-                size[key] = getattr(opts, key)
-        for key in ("height", "width", "num_frames"):
-            if key in size:
-                size[key] = int(size[key])
+        size = settings.size_options(height=opts.height, width=opts.width, audio_length_in_s=opts.audio_length_in_s,
+                                     num_frames=opts.num_frames)
         dec = self.decoder(modality)
-        try:
+        with part_errors(f"{modality} decoder", loading=False):
             return dec.decode(prompt_embeds, seeds=seeds,
                               num_inference_steps=opts.num_inference_steps or settings.num_inference_steps,
                               guidance_scale=settings.guidance_scale if opts.guidance_scale is None
                               else opts.guidance_scale, **size)
-        except DecoderError as e:
-            raise InputError(f"{modality} decoder: {e}") from None
 
     def _options(self, options: ChatOptions | None, overrides: dict) -> ChatOptions:
         try:
@@ -428,7 +439,7 @@ def _load_weights(model: AnyGPTModel, folder: Path) -> None:
     file = folder / WEIGHTS_FILE
     if not file.is_file():
         raise ConfigError(f"no trained weights in {folder} (expected {WEIGHTS_FILE})")
-    state = load_file(file)
+    state = _read_safetensors(file)
     expected = set(model.trainable_state())
     if set(state) != expected:
         raise ConfigError(f"{file} does not match this config: missing {sorted(expected - set(state))[:5]}, "
@@ -440,4 +451,11 @@ def _load_weights(model: AnyGPTModel, folder: Path) -> None:
         lora_file = folder / "lora" / "adapter_model.safetensors"
         if not lora_file.is_file():
             raise ConfigError(f"config enables LoRA but {lora_file} is missing")
-        set_peft_model_state_dict(model.llm, load_file(lora_file))
+        set_peft_model_state_dict(model.llm, _read_safetensors(lora_file))
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(file)
+    except Exception as e:  # safetensors' own error type: a truncated or foreign file
+        raise ConfigError(f"{file} is not a readable safetensors file: {first_line(e)}") from None

@@ -19,7 +19,7 @@ _EXT = {"image": "png", "audio": "wav", "video": "mp4"}
 class Trace:
     """Which signal tokens fired, and the timings, seeds and model ids behind each artifact."""
 
-    signal_runs: list[dict] = field(default_factory=list)  # {"modality", "tokens", "forced", "seed"} per artifact
+    signal_runs: list[dict] = field(default_factory=list)  # {"modality", "tokens", "seed"} per artifact
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: encode, llm, project, decode_<m>
     seed: int = 0
     model_ids: dict[str, str] = field(default_factory=dict)

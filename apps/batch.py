@@ -326,23 +326,14 @@ def _run_batch(model, batch: list[Job]):
 
 # -- Ray: the same script across a cluster ---------------------------------------------------------
 
-def load_model(preset: str = "tiny", config: str | None = None, weights: str | None = None):
-    """The model a run uses: a save_pretrained folder, a config file, or a preset."""
-    from anygpt.pipeline import AnyGPT
-
-    if weights:
-        return AnyGPT.from_pretrained(weights)
-    if config:
-        return AnyGPT.from_config(config)
-    return AnyGPT.from_preset(preset)
-
-
 class _Worker:
     """One Ray actor: loads the model once, then runs batches of jobs, writing their folders into the
     shared output folder and handing the manifest lines back to the driver (the manifest's one writer)."""
 
     def __init__(self, model_spec: dict, out: str):
-        self.model, self.out = load_model(**model_spec), Path(out)
+        from anygpt.pipeline import AnyGPT
+
+        self.model, self.out = AnyGPT.load(**model_spec), Path(out)
 
     def run(self, batch: list[dict]) -> list[tuple[str, dict | str]]:
         jobs = [Job.model_validate(j) for j in batch]
@@ -354,9 +345,9 @@ class _Worker:
 
 def run_script_ray(jobs: list[Job], out: str | os.PathLike, *, model_spec: dict, address: str | None = None,
                    workers: int = 1, fail_fast: bool = False, batch_size: int = 8, progress: bool = True) -> RunSummary:
-    """`run_script` as Ray tasks: `workers` actors (each loads the model once) on the cluster at
-    `address` (None: a local Ray instance), all writing into `out`, which must be a folder every
-    node sees. The driver keeps the manifest, so resuming works exactly as in a local run."""
+    """`run_script` as Ray tasks: `workers` actors (each loads the model once, `AnyGPT.load(**model_spec)`)
+    on the cluster at `address` (None: a local Ray instance), all writing into `out`, which must be a
+    folder every node sees. The driver keeps the manifest, so resuming works exactly as in a local run."""
     import ray
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

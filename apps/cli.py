@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from anygpt.config import paths_from_env
 from anygpt.errors import AnyGPTError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Any-to-any multimodal generation.")
 console = Console(stderr=True, soft_wrap=True)  # whole lines in logs: no wrapping at 80 columns
+# What a user can fix (a bad file, path, option or checkpoint): every command reports it the same way,
+# `error: ...` on stderr and exit status 2, never a traceback. A command's own failures exit 1.
+USER_ERRORS = (AnyGPTError, ValueError, FileExistsError)
+
+
+def _command(group: typer.Typer, name: str | None = None) -> Callable[[Callable], Callable]:
+    """`group.command(name)`, with the one error handler of the command line around the command."""
+    def register(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except USER_ERRORS as e:
+                console.print(f"[red]error:[/red] {escape(str(e))}")
+                raise typer.Exit(2) from None
+
+        return group.command(name)(run)
+
+    return register
 
 
 def _load(preset: str, config: Optional[Path], weights: Optional[Path]):
+    """The model the options name; a preset's part paths come from the environment (read here, at the edge)."""
     from anygpt.pipeline import AnyGPT
 
-    if weights is not None:
-        return AnyGPT.from_pretrained(weights)
-    if config is not None:
-        return AnyGPT.from_config(config)
-    return AnyGPT.from_preset(preset)
+    return AnyGPT.load(preset, config, weights, paths=paths_from_env())
 
 
-@app.command()
+def _config(preset: str, config: Optional[Path]):
+    """The config the options name, without loading any part."""
+    from anygpt.config import AnyGPTConfig, preset as get_preset
+
+    return AnyGPTConfig.load(config) if config else get_preset(preset, paths_from_env())
+
+
+@_command(app)
 def chat(
     prompt: Annotated[str, typer.Argument(help="What you say to the model.")],
     image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) to attach.")] = None,
@@ -44,16 +71,12 @@ def chat(
     force: Annotated[str, typer.Option(help="Output modalities to make regardless, comma-separated.")] = "",
 ) -> None:
     """Send one message (with attachments) and write the reply's media to --out."""
-    try:
-        model = _load(preset, config, weights)
-        r = model.chat(prompt, image=image, audio=audio, video=video, depth=depth, seed=seed,
-                       num_inference_steps=steps, guidance_scale=guidance, max_new_tokens=max_new_tokens,
-                       temperature=temperature, outputs=tuple(m for m in outputs.split(",") if m),
-                       force=tuple(m for m in force.split(",") if m))
-        files = r.save(out)
-    except AnyGPTError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    model = _load(preset, config, weights)
+    r = model.chat(prompt, image=image, audio=audio, video=video, depth=depth, seed=seed,
+                   num_inference_steps=steps, guidance_scale=guidance, max_new_tokens=max_new_tokens,
+                   temperature=temperature, outputs=tuple(m for m in outputs.split(",") if m),
+                   force=tuple(m for m in force.split(",") if m))
+    files = r.save(out)
     if not model.trained:
         console.print("[yellow]note: this model's projectors are untrained (random); outputs are not results.[/yellow]")
     print(r.text)
@@ -61,7 +84,7 @@ def chat(
         console.print(f"wrote {f}")
 
 
-@app.command()
+@_command(app)
 def demo(
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: int = 7860,
@@ -75,17 +98,13 @@ def demo(
     """Serve the Gradio web demo."""
     from apps.demo import DemoSettings, launch
 
-    try:
-        model = _load(preset, config, weights)
-    except AnyGPTError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    model = _load(preset, config, weights)
     console.print(f"AnyGPT demo on http://{host}:{port}")
     launch(model, host=host, port=port, share=share,
            settings=DemoSettings(max_upload_mb=max_upload_mb, concurrency=concurrency))
 
 
-@app.command("run")
+@_command(app, "run")
 def run_cmd(
     script: Annotated[Path, typer.Argument(help="YAML or JSONL script: a list of jobs.")],
     out: Annotated[Path, typer.Option(help="Output folder: one subfolder per job and manifest.jsonl.")],
@@ -102,22 +121,18 @@ def run_cmd(
     """Run a script of generation jobs; re-running skips the jobs already done."""
     from apps.batch import load_script, run_script, run_script_ray
 
-    try:
-        jobs = load_script(script)
-        if backend == "ray":
-            spec = {"preset": preset, "config": str(config) if config else None,
-                    "weights": str(weights) if weights else None}
-            summary = run_script_ray(jobs, out, model_spec=spec, address=ray_address, workers=workers,
-                                     fail_fast=fail_fast, batch_size=batch_size, progress=console.is_terminal)
-        elif backend == "local":
-            model = _load(preset, config, weights)
-            summary = run_script(model, jobs, out, fail_fast=fail_fast, batch_size=batch_size,
-                                 progress=console.is_terminal)
-        else:
-            raise typer.BadParameter(f"unknown backend {backend!r}; use local or ray")
-    except AnyGPTError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    jobs = load_script(script)
+    if backend == "ray":
+        spec = {"preset": preset, "config": str(config) if config else None,
+                "weights": str(weights) if weights else None, "paths": paths_from_env()}
+        summary = run_script_ray(jobs, out, model_spec=spec, address=ray_address, workers=workers,
+                                 fail_fast=fail_fast, batch_size=batch_size, progress=console.is_terminal)
+    elif backend == "local":
+        model = _load(preset, config, weights)
+        summary = run_script(model, jobs, out, fail_fast=fail_fast, batch_size=batch_size,
+                             progress=console.is_terminal)
+    else:
+        raise typer.BadParameter(f"unknown backend {backend!r}; use local or ray")
     console.print(f"{len(summary.done)} done, {summary.skipped} already done, {len(summary.failed)} failed "
                   f"of {summary.total} jobs in {summary.seconds:.1f} s; manifest: {out / 'manifest.jsonl'}")
     for job_id, error in summary.failed:
@@ -126,7 +141,7 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-@app.command("convert-nextgpt")
+@_command(app, "convert-nextgpt")
 def convert_nextgpt_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="NExT-GPT's pytorch_model.pt (or the folder holding it).")],
     out: Annotated[Path, typer.Option(help="Folder to write (save_pretrained: config.json + safetensors).")],
@@ -143,19 +158,15 @@ def convert_nextgpt_cmd(
 
     from anygpt.nextgpt import NextGPTWarning, convert_nextgpt
 
-    try:
-        with warnings.catch_warnings():  # the report below says the same
-            warnings.simplefilter("ignore", NextGPTWarning)
-            report = convert_nextgpt(checkpoint, out, config=config, vicuna=vicuna, imagebind=imagebind, sd=sd,
-                                     audioldm=audioldm, zeroscope=zeroscope)
-    except AnyGPTError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    with warnings.catch_warnings():  # the report below says the same
+        warnings.simplefilter("ignore", NextGPTWarning)
+        report = convert_nextgpt(checkpoint, out, config=config, vicuna=vicuna, imagebind=imagebind, sd=sd,
+                                 audioldm=audioldm, zeroscope=zeroscope)
     console.print(report.summary())
     console.print(f"wrote {out}")
 
 
-@app.command()
+@_command(app)
 def toyworld(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
     n: Annotated[int, typer.Option(help="Examples per modality.")] = 100,
@@ -169,21 +180,17 @@ def toyworld(
     from anygpt.data.dialogs import make_dialogs
     from anygpt.data.toyworld import make_dataset, toyworld_main
 
-    try:
-        if counts:
-            pairs = [c.split("=") for c in counts.split(",")]
-            manifest = make_dataset(out, n_per_modality={m: int(k) for m, k in pairs}, seed=seed, split=split)
-            print(f"wrote {counts}, split {split!r}, seed {seed}: {manifest}")
-        else:
-            manifest = toyworld_main(out, n=n, seed=seed, split=split)
-        if dialogs:
-            print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split)}")
-    except (ValueError, FileExistsError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    if counts:
+        pairs = [c.split("=") for c in counts.split(",")]
+        manifest = make_dataset(out, n_per_modality={m: int(k) for m, k in pairs}, seed=seed, split=split)
+        print(f"wrote {counts}, split {split!r}, seed {seed}: {manifest}")
+    else:
+        manifest = toyworld_main(out, n=n, seed=seed, split=split)
+    if dialogs:
+        print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split)}")
 
 
-@app.command("eval")
+@_command(app, "eval")
 def evaluate(
     preset: str = "tiny",
     config: Optional[Path] = None,
@@ -199,36 +206,32 @@ def evaluate(
 
     from rich.table import Table
 
-    from anygpt.config import AnyGPTConfig, preset as get_preset
+    from anygpt.config import OUTPUT_MODALITIES
     from anygpt.eval import benchmark
     from anygpt.pipeline import build_decoder, build_encoder
 
-    try:
-        cfg = AnyGPTConfig.load(config) if config else get_preset(preset)
-        if part == "encoder":
-            results = benchmark.eval_encoder(build_encoder(cfg.encoder), n=n)
-        elif part == "decoders":
-            results = {}
-            for m in ("image", "audio", "video"):
-                if m in cfg.decoders:
-                    dec = build_decoder(m, cfg.decoders[m])
-                    kept: list = []
-                    results |= benchmark.eval_decoder(dec, m, n=n, steps=steps, keep=kept,
-                                                      **_sizes(cfg.decoders[m].size))
-                    if grid is not None and m in ("image", "video"):
-                        benchmark.sample_grid(kept[:16] if m == "image" else kept[:6], f"{grid}-{m}.png")
-        elif part == "llm":
-            from anygpt.eval.conditioning import eval_conditioning
+    cfg = _config(preset, config)
+    if part == "encoder":
+        results = benchmark.eval_encoder(build_encoder(cfg.encoder), n=n)
+    elif part == "decoders":
+        results = {}
+        for m in OUTPUT_MODALITIES:
+            if m in cfg.decoders:
+                dec = build_decoder(m, cfg.decoders[m])
+                kept: list = []
+                results |= benchmark.eval_decoder(dec, m, n=n, steps=steps, keep=kept,
+                                                  **cfg.decoders[m].size_options())
+                if grid is not None and m in ("image", "video"):
+                    benchmark.sample_grid(kept[:16] if m == "image" else kept[:6], f"{grid}-{m}.png")
+    elif part == "llm":
+        from anygpt.eval.conditioning import eval_conditioning
 
-            app = _load(preset, config, weights)
-            cfg = app.config
-            results = eval_conditioning(app, n=n)  # the collapse check: no decoder run, so it comes first
-            results |= benchmark.eval_llm(app, n=n, steps=steps)
-        else:
-            raise typer.BadParameter(f"unknown part {part!r}; use encoder, decoders or llm")
-    except AnyGPTError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        app = _load(preset, config, weights)
+        cfg = app.config
+        results = eval_conditioning(app, n=n)  # the collapse check: no decoder run, so it comes first
+        results |= benchmark.eval_llm(app, n=n, steps=steps)
+    else:
+        raise typer.BadParameter(f"unknown part {part!r}; use encoder, decoders or llm")
     if as_json:
         print(json.dumps(results))
         return
@@ -240,15 +243,11 @@ def evaluate(
     Console().print(table)
 
 
-def _sizes(size: dict) -> dict:
-    return {k: int(v) if k in ("height", "width", "num_frames") else v for k, v in size.items()}
-
-
 train_app = typer.Typer(no_args_is_help=True, help="Train AnyGPT's parts (resumable: re-run to continue).")
 app.add_typer(train_app, name="train")
 
 
-@train_app.command("tiny-encoder")
+@_command(train_app, "tiny-encoder")
 def train_tiny_encoder_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoint, encoder/).")],
@@ -267,7 +266,7 @@ def train_tiny_encoder_cmd(
                        max_steps=max_steps, device=device)
 
 
-@train_app.command("tiny-decoders")
+@_command(train_app, "tiny-decoders")
 def train_tiny_decoders_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, image/, video/).")],
@@ -286,7 +285,7 @@ def train_tiny_decoders_cmd(
                                max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device)
 
 
-@train_app.command("tiny-audio")
+@_command(train_app, "tiny-audio")
 def train_tiny_audio_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, audio/).")],
@@ -300,16 +299,12 @@ def train_tiny_audio_cmd(
     """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, CLAP-conditioned UNet."""
     from anygpt.train.tiny_decoders import train_tiny_audio
 
-    try:
-        train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
-                         batch_size=batch_size, seed=seed, max_steps=max_steps, device=device,
-                         parts=tuple(p for p in parts.split(",") if p), init=init)
-    except ValueError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
+                     batch_size=batch_size, seed=seed, max_steps=max_steps, device=device,
+                     parts=tuple(p for p in parts.split(",") if p), init=init)
 
 
-@train_app.command("export-tiny")
+@_command(train_app, "export-tiny")
 def export_tiny_cmd(
     part: Annotated[str, typer.Argument(help="encoder, image, video, audio, or model (a stage-3 model/ folder).")],
     source: Annotated[Path, typer.Option(help="The trained folder (e.g. data/runs/decoders/image).")],
@@ -334,16 +329,11 @@ def _stage_command(stage: int):
         steps: int = 300, batch_size: int = 8, lr: float = 1e-3, grad_accum: int = 1, seed: int = 0,
         max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     ) -> None:
-        from anygpt.config import AnyGPTConfig, preset as get_preset
         from anygpt.train.stages import train_stage
 
-        try:
-            cfg = None if init else (AnyGPTConfig.load(config) if config else get_preset(preset))
-            train_stage(stage, data, out, config=cfg, init=init, steps=steps, batch_size=batch_size, lr=lr,
-                        grad_accum=grad_accum, seed=seed, max_steps=max_steps)
-        except (AnyGPTError, ValueError) as e:
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2)
+        cfg = None if init else _config(preset, config)
+        train_stage(stage, data, out, config=cfg, init=init, steps=steps, batch_size=batch_size, lr=lr,
+                    grad_accum=grad_accum, seed=seed, max_steps=max_steps)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",
@@ -352,7 +342,7 @@ def _stage_command(stage: int):
 
 
 for _stage in (1, 2, 3):
-    train_app.command(f"stage{_stage}")(_stage_command(_stage))
+    _command(train_app, f"stage{_stage}")(_stage_command(_stage))
 
 
 if __name__ == "__main__":

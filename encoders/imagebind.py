@@ -217,8 +217,9 @@ class ImageBindEncoder(torch.nn.Module):
         except Exception:  # files in the pre-zip format cannot be mmapped
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+            except Exception as e:  # torch's messages run to a page: keep their first sentence
+                first = next((line for line in str(e).splitlines() if line.strip()), "").split(". ")[0]
+                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
         return cls._from_state(config or ImageBindConfig.huge(), state, str(path), device, dtype, **kwargs)
 
     @classmethod
@@ -228,8 +229,14 @@ class ImageBindEncoder(torch.nn.Module):
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise CheckpointError(f"{path}: not a saved ImageBind encoder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        config = ImageBindConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
-        return cls._from_state(config, load_file(path / WEIGHTS_FILE), str(path), device, dtype, **kwargs)
+        try:
+            config = ImageBindConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+            state = load_file(path / WEIGHTS_FILE)
+        except CheckpointError:
+            raise
+        except Exception as e:  # JSON, UnicodeDecodeError, or safetensors' own error: a truncated or foreign file
+            raise CheckpointError(f"{path}: not a readable saved ImageBind encoder ({type(e).__name__}: {e})") from e
+        return cls._from_state(config, state, str(path), device, dtype, **kwargs)
 
     @classmethod
     def _from_state(cls, config: ImageBindConfig, state: Any, source: str, device: str | torch.device,

@@ -5,9 +5,9 @@ Issue 20: the output projectors had learnt one conditioning for every request (m
 End-to-end probe figures show that only through slow, noisy diffusion runs; this check reads the
 conditioning itself (`AnyGPT.conditioning_batch`, steps 1-4 of a request, no decoder run) and
 compares it with the decoder's own text encoding (`decoder.encode_text`), which is what the
-decoder was trained to follow. Two figures per output modality:
+decoder was trained to follow. Two figures per output modality (the keys name the distance, L2):
 
-- `conditioning_top1_{m}`: for each held-out request "make {caption}" (forced to make modality m),
+- `conditioning_l2_top1_{m}`: for each held-out request "make {caption}" (forced to make modality m),
   is the projected conditioning nearest to the decoder's encoding of the request's caption among
   the encodings of the same caption with every attribute combination put in (same template, same
   wording draws; up to 18 image, 16 audio, 72 video candidates, so chance is about 6%, 6-12%, 1.4%;
@@ -15,7 +15,7 @@ decoder was trained to follow. Two figures per output modality:
   only the attributes makes the figure about attributes: with one differently worded caption per
   class, the decoder's own encoding of a held-out caption finds its class only 17% (audio) and
   23% (video) of the time on the shipped tiny decoders, so wording, not content, would decide.
-- `conditioning_spread_{m}`: mean pairwise distance between the projected conditionings of the
+- `conditioning_l2_spread_{m}`: mean pairwise distance between the projected conditionings of the
   requests over the same between the decoder's encodings of their captions. Collapse gives ~0;
   a projector that writes the targets gives 1.
 
@@ -106,8 +106,8 @@ def conditioning_figures(predicted: Sequence[torch.Tensor | None], targets: torc
 @torch.no_grad()
 def eval_conditioning(app, n: int = 48, *, seed: int = EVAL_SEED, modalities: Sequence[str] | None = None,
                       batch: int = 1, encode_batch: int = 64) -> dict[str, float]:
-    """`conditioning_top1_{m}` and `conditioning_spread_{m}` (see the module) on n held-out requests per
-    output modality. `app` needs `conditioning_batch(requests)` (AnyGPT's) and `decoder(m).encode_text`;
+    """`conditioning_l2_top1_{m}` and `conditioning_l2_spread_{m}` (see the module) on n held-out requests
+    per output modality. `app` needs `conditioning_batch(requests)` (AnyGPT's) and `decoder(m).encode_text`;
     each request forces its modality, so routing (judged elsewhere) does not hide the projector.
     Costs one LLM generation per request and the candidates' text encodings; no diffusion. Requests go
     `batch` at a time through `conditioning_batch`; one at a time (each run of signal tokens written in
@@ -145,6 +145,6 @@ def eval_conditioning(app, n: int = 48, *, seed: int = EVAL_SEED, modalities: Se
                 if start <= where[c.caption] < start + len(encoded):
                     targets[i] = encoded[where[c.caption] - start]
         top1, spread = conditioning_figures(predicted, torch.stack(targets), distances, [c.right for c in cases])
-        results[f"conditioning_top1_{m}"] = top1
-        results[f"conditioning_spread_{m}"] = spread
+        results[f"conditioning_l2_top1_{m}"] = top1
+        results[f"conditioning_l2_spread_{m}"] = spread
     return results

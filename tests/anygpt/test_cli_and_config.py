@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apps.cli import app
-from anygpt.config import AnyGPTConfig, ConfigError, preset, tiny_preset
+from anygpt.config import AnyGPTConfig, ConfigError, paths_from_env, preset, tiny_preset
 
 
 def test_cli_chat_writes_files(media_dir, tmp_path):
@@ -37,6 +37,20 @@ def test_config_file_round_trip_and_errors(tmp_path):
         preset("gigantic")
     with pytest.raises(ConfigError, match="ANYGPT_VICUNA"):
         preset("nextgpt-7b")
+
+
+def test_presets_take_their_paths_as_arguments():
+    """No hidden globals: a preset's paths are arguments; the environment is read by the applications."""
+    env = {"ANYGPT_VICUNA": "/m/vicuna", "ANYGPT_IMAGEBIND": "/m/ib.pth", "ANYGPT_SD": "/m/sd",
+           "ANYGPT_AUDIOLDM": "/m/aldm", "ANYGPT_ZEROSCOPE": "/m/zs", "HOME": "/root"}
+    paths = paths_from_env(env)
+    assert paths == {"vicuna": "/m/vicuna", "imagebind": "/m/ib.pth", "sd": "/m/sd", "audioldm": "/m/aldm",
+                     "zeroscope": "/m/zs"}
+    config = preset("nextgpt-7b", paths)
+    assert config.llm.path == "/m/vicuna" and config.decoders["video"].path == "/m/zs"
+    with pytest.raises(ConfigError, match="needs a local path for sd, zeroscope"):
+        preset("nextgpt-7b", {k: v for k, v in paths.items() if k not in ("sd", "zeroscope")})
+    assert preset("tiny", paths) == tiny_preset()
 
 
 def test_demo_page_serves(tiny):

@@ -55,20 +55,20 @@ def test_a_collapsed_projector_fails_and_a_perfect_one_passes(decoders):
     n = 24
     perfect = StandIn(decoders, lambda m, caption: decoders[m].encode_text([caption])[0])
     good = eval_conditioning(perfect, n=n)
-    assert set(good) == {f"conditioning_{f}_{m}" for f in ("top1", "spread") for m in MODALITIES}
+    assert set(good) == {f"conditioning_l2_{f}_{m}" for f in ("top1", "spread") for m in MODALITIES}
     for m in MODALITIES:
-        assert good[f"conditioning_top1_{m}"] == 1.0
-        assert good[f"conditioning_spread_{m}"] == pytest.approx(1.0, abs=1e-6)
+        assert good[f"conditioning_l2_top1_{m}"] == 1.0
+        assert good[f"conditioning_l2_spread_{m}"] == pytest.approx(1.0, abs=1e-6)
 
     constants = {m: decoders[m].encode_text(["a thing"])[0] for m in MODALITIES}
     collapsed = eval_conditioning(StandIn(decoders, lambda m, caption: constants[m]), n=n)
     for m in MODALITIES:
-        assert collapsed[f"conditioning_spread_{m}"] < 1e-6
-        assert collapsed[f"conditioning_top1_{m}"] <= 0.25, collapsed  # chance: 1/18, 1/16, 1/72
+        assert collapsed[f"conditioning_l2_spread_{m}"] < 1e-6
+        assert collapsed[f"conditioning_l2_top1_{m}"] <= 0.25, collapsed  # chance: 1/18, 1/16, 1/72
 
     # a request whose run never comes (no conditioning) counts as a miss
     missing = eval_conditioning(StandIn(decoders, lambda m, caption: None), n=4, modalities=["image"])
-    assert missing["conditioning_top1_image"] == 0.0
+    assert missing["conditioning_l2_top1_image"] == 0.0
 
 
 def test_the_pipeline_feeds_the_check_without_decoding(tiny, monkeypatch):
@@ -77,5 +77,5 @@ def test_the_pipeline_feeds_the_check_without_decoding(tiny, monkeypatch):
 
     monkeypatch.setattr(tiny, "_decode", no_decoding)
     results = eval_conditioning(tiny, n=2, modalities=["image"])
-    assert set(results) == {"conditioning_top1_image", "conditioning_spread_image"}
+    assert set(results) == {"conditioning_l2_top1_image", "conditioning_l2_spread_image"}
     assert all(0.0 <= v for v in results.values())

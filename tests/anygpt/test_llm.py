@@ -33,7 +33,7 @@ def test_signal_tokens_are_single_tokens_with_embedding_rows(tiny):
 def test_signal_run_processor_completes_runs_and_blocks_the_rest():
     signal = SignalTokens(tokens=SignalTokens.names({"image": 3, "audio": 2}),
                           ids={"image": (10, 11, 12), "audio": (20, 21)})
-    proc = SignalRunProcessor(signal, allowed={"image"}, banned_ids=[30], max_runs=1, prompt_len=0)
+    proc = SignalRunProcessor(signal, allowed={"image"}, banned_ids=[30], max_runs=1)
     scores = torch.zeros(1, 40)
     out = proc(torch.tensor([[5]]), scores.clone())
     assert out[0, 10] == 0 and torch.isinf(out[0, [11, 12, 20, 21, 30]]).all()  # only [IMG0] may start a run

@@ -97,7 +97,7 @@ def legacy(tiny, tmp_path_factory):
 def loaded(legacy):
     folder, _, config, _ = legacy
     with pytest.warns(NextGPTWarning, match=rf"{len(DRIFTED_LM_HEAD_ROWS)} of \d+ base-vocabulary rows of .*lm_head"):
-        return AnyGPT.from_nextgpt(folder, config=config)
+        return load_nextgpt(folder, config=config)[0]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_anything_but_a_plain_tensor_dict_is_refused(legacy, tmp_path, content, 
     file = tmp_path / "pytorch_model.pt"
     torch.save(content, file)
     with pytest.raises(ConfigError, match=message):
-        AnyGPT.from_nextgpt(file, config=config)
+        load_nextgpt(file, config=config)
     result = CliRunner().invoke(cli, ["convert-nextgpt", str(file), "--config", str(folder.parent / "config.json"),
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "error:" in result.output
@@ -204,17 +204,17 @@ def test_layout_problems_name_the_tensor(legacy, loaded, tmp_path):
     file = tmp_path / "pytorch_model.pt"
     torch.save(state | {"visual_encoder.trunk.weight": torch.zeros(1)}, file)
     with pytest.raises(ConfigError, match=r"outside NExT-GPT's delta layout.*visual_encoder\.trunk\.weight"):
-        AnyGPT.from_nextgpt(file, config=config)
+        load_nextgpt(file, config=config)
     torch.save(state | {"gen_text_hidden_fcs_audio.0.model.weight": torch.zeros(16, D_MODEL)}, file)
     with pytest.raises(ConfigError, match=r"gen_text_hidden_fcs_audio\.0\.model\.weight has shape \[16, 32\]"):
-        AnyGPT.from_nextgpt(file, config=config)
+        load_nextgpt(file, config=config)
     bad = {"llama_proj.weight": torch.zeros(HIDDEN, 1024)}  # ImageBind-huge width on the tiny encoder
     with pytest.raises(ConfigError, match=r"llama_proj\.weight has shape \[64, 1024\] but input_projector"):
         load_state(loaded.model, bad, parse_keys(bad), file)
     with pytest.raises(ConfigError, match="--vicuna, --imagebind"):
-        AnyGPT.from_nextgpt(folder)
+        load_nextgpt(folder)
     with pytest.raises(ConfigError, match="not both"):
-        AnyGPT.from_nextgpt(folder, config=config, vicuna=folder)
+        load_nextgpt(folder, config=config, vicuna=folder)
 
 
 def test_paths_give_nextgpt_settings(tmp_path):
