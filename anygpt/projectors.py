@@ -1,4 +1,4 @@
-"""The thin layers AnyGPT trains between frozen models (NExT-GPT's shapes, DESIGN.md §8).
+"""The thin layers AnyGPT trains between frozen models (NExT-GPT's shapes; docs/architecture.md).
 
 Attribute names follow NExT-GPT's `TextFcLayer` (fc, tfm, model, query_embs) so that its
 released checkpoints map onto these modules key for key.

@@ -1,4 +1,4 @@
-"""`anygpt eval`: the held-out toy-world benchmark (DESIGN.md §7).
+"""`anygpt eval`: the held-out toy-world benchmark (README, "The toy world, training and evaluation").
 
 Every figure is judged on held-out attribute combinations and held-out caption wordings,
 generated in memory from a fixed seed, so the benchmark needs no files and is the same

@@ -1,4 +1,4 @@
-"""NExT-GPT's three training stages, for any backbone (DESIGN.md §5).
+"""NExT-GPT's three training stages, for any backbone (docs/architecture.md, "Training stages").
 
 1. encoder-side alignment: X -> caption. Trains the input projector (LM loss on the caption).
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
