@@ -65,9 +65,41 @@ def test_tiny_decoder_training_smoke(toy_data, tmp_path):
     from decoders import ImageDecoder, VideoDecoder
 
     train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path, vae_steps=2, image_steps=2, video_steps=2,
-                               batch_size=4, video_batch_size=2)
-    assert ImageDecoder.from_pretrained(tmp_path / "image").conditioning.shape == (77, 32)
-    assert VideoDecoder.from_pretrained(tmp_path / "video").conditioning.shape == (77, 32)
+                               batch_size=4, video_batch_size=2, init_vae=None)
+    assert ImageDecoder.from_pretrained(tmp_path / "image").conditioning.shape == (16, 384)
+    assert VideoDecoder.from_pretrained(tmp_path / "video").conditioning.shape == (16, 384)
+
+
+def test_image_decoder_training_resumes_with_its_ema(toy_data, tmp_path):
+    """Cached latents and frozen-MiniLM states, EMA weights in the checkpoint: a re-run with more
+    steps resumes from the last one (its EMA too), and the folder holds the EMA weights."""
+    from safetensors.torch import load_file
+
+    from anygpt.train.tiny_decoders import train_tiny_image_and_video
+    from decoders import ImageDecoder
+
+    first = train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path, image_steps=4, max_steps=2,
+                                       batch_size=4, parts=("image",), init_vae=None, vae_steps=1)
+    assert first["image"]["resumed_from"] == 0
+    saved = load_file(tmp_path / "image-unet-run" / "checkpoint" / "extra.safetensors")
+    assert int(saved["ema.step"]) == 2
+    second = train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path, image_steps=4, batch_size=4,
+                                        parts=("image",), init_vae=None, vae_steps=1)
+    assert second["image"]["resumed_from"] == 2 and second["image"]["steps"] == 4
+    unet = ImageDecoder.from_pretrained(tmp_path / "image").pipeline.unet
+    ema = load_file(tmp_path / "image-unet-run" / "checkpoint" / "extra.safetensors")
+    assert int(ema["ema.step"]) == 4
+    assert torch.equal(next(iter(unet.parameters())), ema["ema.0"])
+
+
+def test_tiny_audio_training_smoke(toy_data, tmp_path):
+    from anygpt.train.tiny_decoders import train_tiny_audio
+    from decoders import AudioDecoder
+
+    summary = train_tiny_audio(toy_data / "manifest.jsonl", tmp_path, vae_steps=1, unet_steps=1, batch_size=2)
+    assert set(summary) == {"vae", "unet"}
+    decoder = AudioDecoder.from_pretrained(tmp_path / "audio")
+    assert decoder.conditioning.shape == (1, 384) and type(decoder.pipeline.vocoder).__name__ == "GriffinLimVocoder"
 
 
 def test_export_writes_half_precision_parts_with_their_recipe(toy_data, tmp_path):
