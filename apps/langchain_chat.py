@@ -19,40 +19,39 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import queue
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from anygpt.config import paths_from_env
 from anygpt.errors import InputError
 
 _MIME = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4"}
-_MEDIA_BLOCKS = ("image", "audio", "video")
+_MEDIA_BLOCKS = tuple(_MIME)  # the media content blocks, in and out
 _LOADED: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
 
 
 def _load(preset: str, config: str | None, weights: str | None):
-    """One AnyGPT per (preset, config, weights) in this process: chat models and tools share it."""
+    """One AnyGPT per (preset, config, weights) in this process: chat models and tools share it. A
+    preset's part paths come from the environment, read here (the application's edge)."""
     key = (preset, config, weights)
     with _LOCK:
         if key not in _LOADED:
             from anygpt.pipeline import AnyGPT
 
-            if weights:
-                _LOADED[key] = AnyGPT.from_pretrained(weights)
-            elif config:
-                _LOADED[key] = AnyGPT.from_config(config)
-            else:
-                _LOADED[key] = AnyGPT.from_preset(preset)
+            _LOADED[key] = AnyGPT.load(preset, config, weights, paths=paths_from_env())
         return _LOADED[key]
 
 
@@ -63,6 +62,9 @@ def _block_media(block: dict) -> tuple[str, Any]:
         url = block.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         return "image", _from_url(url, "image")
+    if kind == "input_audio":  # OpenAI's format: {"input_audio": {"data": base64, "format": "wav"}}
+        data = block.get("input_audio")
+        return _block_media({"type": "audio", "base64": data.get("data") if isinstance(data, dict) else None})
     if block.get("base64") is not None or block.get("data") is not None:
         data = block.get("base64") if block.get("base64") is not None else block["data"]
         try:
@@ -105,7 +107,7 @@ def _split(content: str | list) -> tuple[str, list[tuple[str, Any]]]:
             raise InputError(f"content blocks are dicts or strings, got {type(block).__name__}")
         elif block.get("type") == "text":
             texts.append(block.get("text", ""))
-        elif block.get("type") in (*_MEDIA_BLOCKS, "image_url"):
+        elif block.get("type") in (*_MEDIA_BLOCKS, "image_url", "input_audio"):
             media.append(_block_media(block))
         else:
             raise InputError(f"unsupported content block type {block.get('type')!r}; "
@@ -137,7 +139,12 @@ def to_turns(messages: list[BaseMessage]):
 
 def response_blocks(response) -> list[dict]:
     """A Response as content blocks: its text, then each artifact as base64 in its file format."""
-    blocks: list[dict] = [{"type": "text", "text": response.text}]
+    return [{"type": "text", "text": response.text}, *media_blocks(response)]
+
+
+def media_blocks(response) -> list[dict]:
+    """Each artifact of a Response as a content block, base64 in its file format (PNG, WAV, MP4)."""
+    blocks: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="anygpt-lc-") as folder:
         for f in response.save(folder):
             modality = f.stem.split("_")[0]
@@ -145,6 +152,40 @@ def response_blocks(response) -> list[dict]:
                 blocks.append({"type": modality, "base64": base64.b64encode(f.read_bytes()).decode(),
                                "mime_type": _MIME[modality]})
     return blocks
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """The text up to the first of the stop sequences (AnyGPT has none of its own)."""
+    cuts = [text.find(s) for s in stop or () if s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+class _Words:
+    """The reply's words as the LLM writes them, cut as the final text will be: white space at either
+    end left off, nothing from a stop sequence on, and a tail that may be the start of one held back."""
+
+    def __init__(self, stop: list[str] | None):
+        self.stop, self.written, self.sent = stop or [], "", ""
+        self.hold = max((len(s) - 1 for s in self.stop), default=0)
+
+    def add(self, piece: str) -> str:
+        """The words that are now certain and not yet sent."""
+        self.written += piece
+        text = self.written.lstrip()
+        certain = cut_at_stop(text, self.stop)
+        if len(certain) == len(text):  # no stop yet: hold back a possible start of one, and trailing space
+            certain = certain[:len(certain) - self.hold].rstrip()
+        return self._send(certain)
+
+    def rest(self, final: str) -> str:
+        """What remains to send of the final text (it starts with what was sent)."""
+        return self._send(final)
+
+    def _send(self, text: str) -> str:
+        if len(text) <= len(self.sent):
+            return ""
+        new, self.sent = text[len(self.sent):], text
+        return new
 
 
 class AnyGPTChatModel(BaseChatModel):
@@ -195,8 +236,8 @@ class AnyGPTChatModel(BaseChatModel):
             self._anygpt = _load(self.model, self.config, self.weights)
         return self._anygpt
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _chat(self, messages: list[BaseMessage], stop: list[str] | None, on_text, kwargs: dict):
+        """One AnyGPT request for the messages; the reply's text is cut at the first stop sequence."""
         history, prompt, media = to_turns(messages)
         kwargs.pop("model", None)  # a per-call model name is for tracing; this instance's model answers
         options = {"outputs": tuple(kwargs.pop("outputs", self.outputs)), "seed": kwargs.pop("seed", self.seed),
@@ -204,17 +245,54 @@ class AnyGPTChatModel(BaseChatModel):
                    "max_new_tokens": kwargs.pop("max_tokens", self.max_tokens),
                    "num_inference_steps": kwargs.pop("num_inference_steps", self.num_inference_steps),
                    "guidance_scale": kwargs.pop("guidance_scale", self.guidance_scale), **kwargs}
-        on_text = (lambda piece: run_manager.on_llm_new_token(piece)) if run_manager else None
         response = self.anygpt().chat(prompt, media=media, history=history, on_text=on_text, **options)
-        text, stop = response.text, stop or self.stop
-        if stop:  # AnyGPT has no stop sequences of its own: cut the words at the first one
-            cuts = [text.find(s) for s in stop if s in text]
-            text = text[:min(cuts)] if cuts else text
-            response.text = text
-        message = AIMessage(content=response_blocks(response),
-                            response_metadata={"model_name": self.model, "signal_runs": response.trace.signal_runs,
-                                               "timings": response.trace.timings, "model_ids": response.trace.model_ids})
+        response.text = cut_at_stop(response.text, stop or self.stop)
+        return response
+
+    def _metadata(self, response) -> dict:
+        return {"model_name": self.model, "signal_runs": response.trace.signal_runs,
+                "timings": response.trace.timings, "model_ids": response.trace.model_ids}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        on_text = (lambda piece: run_manager.on_llm_new_token(piece)) if run_manager else None
+        response = self._chat(messages, stop, on_text, kwargs)
+        message = AIMessage(content=response_blocks(response), response_metadata=self._metadata(response))
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        """The reply's words as they come, one chunk per piece the LLM writes, then a last chunk with the
+        rest of the words and the media blocks. Aggregated, the chunks give `invoke`'s message. (LangChain's
+        `astream` runs this in a worker thread.) A model with a content filter sends its words only at
+        the end: a withheld reply must not have been streamed."""
+        model = self.anygpt()
+        words, pieces, done = _Words(stop or self.stop), queue.Queue(), object()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["response"] = self._chat(messages, stop, None if model.content_filter else pieces.put, kwargs)
+            except BaseException as e:  # re-raised below, in the caller's thread
+                outcome["error"] = e
+            finally:
+                pieces.put(done)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (piece := pieces.get()) is not done:
+            if text := words.add(piece):
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=[{"type": "text", "text": text, "index": 0}]))
+                if run_manager:
+                    run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        if "error" in outcome:
+            raise outcome["error"]
+        response = outcome["response"]
+        rest = words.rest(response.text)
+        blocks = [{"type": "text", "text": rest, "index": 0}] if rest or not words.sent else []
+        blocks += [{**block, "index": i} for i, block in enumerate(media_blocks(response), 1)]
+        yield ChatGenerationChunk(message=AIMessageChunk(content=blocks, response_metadata=self._metadata(response),
+                                                         chunk_position="last"))
 
 
 def anygpt_tools(chat: AnyGPTChatModel | None = None, out_dir: str | os.PathLike | None = None) -> list[BaseTool]:

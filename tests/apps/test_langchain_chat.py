@@ -1,5 +1,5 @@
-"""LangChain: AnyGPTChatModel passes langchain-tests' standard unit tests, carries media both ways
-as content blocks, and its tools work for an agent."""
+"""LangChain: AnyGPTChatModel passes langchain-tests' standard unit and integration tests (streaming
+included), carries media both ways as content blocks, and its tools work for an agent."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from PIL import Image
 
 from anygpt.errors import InputError
+from apps import langchain_chat
 from apps.langchain_chat import AnyGPTChatModel, anygpt_tools, to_turns
 
 
@@ -25,6 +27,55 @@ class TestAnyGPTChatModelStandard(ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "tiny", "temperature": 0.0, "outputs": ["image"]}
+
+
+# Standard tests that download their input (an image, a sound) from wikimedia.org. They are skipped,
+# not overridden: the suite refuses overridden tests that are not marked as expected failures.
+NEEDS_THE_INTERNET = ("test_image_inputs", "test_audio_inputs")
+
+
+class TestAnyGPTChatModelIntegration(ChatModelIntegrationTests):
+    """The standard integration suite on the tiny model (the session's, shared through the loader)."""
+
+    @pytest.fixture(autouse=True)
+    def _shared_tiny(self, request, tiny, monkeypatch):
+        if request.node.originalname in NEEDS_THE_INTERNET:
+            pytest.skip("fetches its input from wikimedia.org; AnyGPT's tests run without the internet")
+        monkeypatch.setitem(langchain_chat._LOADED, ("tiny", None, None), tiny)
+
+    # The suite's settings (properties there; plain attributes shadow them here).
+    chat_model_class = AnyGPTChatModel
+    chat_model_params = {"model": "tiny", "max_tokens": 24, "num_inference_steps": 2}
+    has_tool_calling = has_structured_output = False
+    returns_usage_metadata = False  # AnyGPT does not count tokens for billing
+    supports_image_inputs = supports_audio_inputs = supports_video_inputs = True
+
+
+def test_stream_gives_the_words_as_they_come_and_the_media_last(tiny, monkeypatch):
+    """Word chunks first, then one last chunk with the media; aggregated, they are `invoke`'s message."""
+    monkeypatch.setitem(langchain_chat._LOADED, ("tiny", None, None), tiny)
+    chat = AnyGPTChatModel(model="tiny", num_inference_steps=2, max_tokens=24)
+    chunks = list(chat.stream("draw a red circle", outputs=["image"], force=["image"]))
+    assert len(chunks) > 2 and all(c.chunk_position is None for c in chunks[:-1])
+    assert chunks[-1].chunk_position == "last" and [b["type"] for b in chunks[-1].content] in (["image"], ["text", "image"])
+    assert all(b["type"] == "text" for c in chunks[:-1] for b in c.content)
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    reply = chat.invoke("draw a red circle", outputs=["image"], force=["image"])
+    assert full.text == reply.text and full.text
+    assert [b["type"] for b in full.content] == [b["type"] for b in reply.content] == ["text", "image"]
+    assert base64.b64decode(full.content[1]["base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert full.response_metadata["signal_runs"] == reply.response_metadata["signal_runs"]
+
+
+def test_stream_cuts_at_a_stop_sequence_like_invoke(tiny, monkeypatch):
+    monkeypatch.setitem(langchain_chat._LOADED, ("tiny", None, None), tiny)
+    chat = AnyGPTChatModel(model="tiny", max_tokens=24, outputs=[])
+    words = chat.invoke("What is the capital of France?").text
+    stop = words.split()[2]  # a word in the middle of the reply
+    pieces = [c.text for c in chat.stream("What is the capital of France?", stop=[stop])]
+    assert "".join(pieces) == chat.invoke("What is the capital of France?", stop=[stop]).text == words[:words.find(stop)]
 
 
 @pytest.fixture(scope="module")
