@@ -100,7 +100,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     run = tmp_path / "run"
     train("t", module, lambda step: torch.ones(1, 2), lambda x: (module(x).sum(), {}), run,
           LoopSettings(steps=1, warmup=1))
-    torch.save({"state": _RunsCode(marker)}, run / "checkpoint" / "optimizer.pt")
+    torch.save({"state": _RunsCode(marker)}, run / "checkpoint" / "optimizer.bin")  # Accelerate's optimizer file
     with pytest.raises(pickle.UnpicklingError):
         train("t", module, lambda step: torch.ones(1, 2), lambda x: (module(x).sum(), {}), run,
               LoopSettings(steps=2, warmup=1))
