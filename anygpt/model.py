@@ -1,10 +1,17 @@
 """AnyGPTModel: ImageBind -> input projector -> LLM with signal tokens -> output projectors.
 
 One plain module that owns every part between the raw media and the decoders'
-conditioning. `splice_media` is the one place where encoder tokens are put into the
-text embeddings (LLaVA's `prepare_inputs_labels_for_multimodal`); `generate` writes
-text and signal tokens; `signal_conditioning` turns the hidden states at each run of
-signal tokens into a decoder's `prompt_embeds`.
+conditioning, with one forward path for training and inference (LLaVA's
+`prepare_inputs_labels_for_multimodal`, nanoGPT's `forward(idx, targets)`):
+
+- `prepare_inputs_labels` turns a batch of conversations (turns with media, assistant turns
+  with their signal tokens, optionally a reply given as token ids) into the LLM's inputs
+  and labels. It is the one place where encoder tokens are put into the text embeddings.
+- `forward` (the module's call) runs the LLM on that and returns the LM loss, the states at
+  each run of signal tokens and their conditionings (`project_runs`, the one projection).
+- `generate` writes text and signal tokens from a prepared prompt; `signal_conditioning` turns
+  the states generation kept at each run into a decoder's `prompt_embeds` through the same
+  `project_runs` (or, when generation kept no state for a run, through `forward`).
 
 The fast path: `generate_batch` runs several prompts through one `generate` call (left
 padding), and keeps the last-layer hidden state of every token it feeds back, so the signal
@@ -17,11 +24,13 @@ weights (`merge_lora`); `train()` unmerges it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           StoppingCriteria, StoppingCriteriaList)
@@ -59,6 +68,51 @@ class Reply:
     ids: list[int]
     generated: int = 0
     hidden: torch.Tensor | None = None
+
+
+@dataclass
+class Conversation:
+    """One conversation for `prepare_inputs_labels` / `forward`: its turns (media in user turns,
+    each shown before the turn's text; assistant turns carry their signal tokens in their text)
+    and, when the last turn is the user's, optionally the reply as token ids (what `generate`
+    wrote). Labels cover the assistant turns (their end of turn included) and the reply."""
+
+    turns: list[Turn]
+    reply: list[int] | None = None
+
+
+@dataclass
+class MultimodalBatch:
+    """What the LLM reads for a batch of conversations, right-padded: `input_ids` [B, L] (the pad
+    id past each row's end), `inputs_embeds` [B, L, H] (media spliced in at their placeholders),
+    `attention_mask` [B, L], `labels` [B, L] (-100 where nothing is learnt); `ids` the unpadded
+    rows and `prompt_lengths` the tokens of each row before its reply (the row's length when none)."""
+
+    input_ids: torch.Tensor
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    ids: list[list[int]]
+    prompt_lengths: list[int]
+
+
+@dataclass
+class AnyGPTOutput:
+    """What `forward` returns for a batch of conversations.
+
+    `loss`: the mean LM loss over the labelled tokens (next-token prediction; None when nothing
+    is labelled); `loss_sum` and `label_count`: its sum and count, to average over a global batch
+    split between processes. Per conversation, per complete run of signal tokens (in order):
+    `runs` (positions in the row), `states` [n, H] (the last layer's states at the run) and
+    `conditionings` [tokens, dim] (the output projector's, the decoder's `prompt_embeds`)."""
+
+    loss: torch.Tensor | None
+    loss_sum: torch.Tensor
+    label_count: int
+    runs: list[list[SignalRun]]
+    states: list[list[torch.Tensor]]
+    conditionings: list[list[torch.Tensor]]
+    batch: MultimodalBatch
 
 
 class _LastHidden:
@@ -157,7 +211,7 @@ class AnyGPTModel(nn.Module):
             for m, d in config.decoders.items() if m in config.signal_tokens
         })
         self.reserved = [MEDIA_TOKEN] + [t for toks in self.signal.tokens.values() for t in toks]
-        self._last_hidden = _LastHidden()  # no LM head module (rare): signal_conditioning runs its own forward
+        self._last_hidden = _LastHidden()  # no LM head module (rare): signal_conditioning runs `forward`
         if self.llm.get_output_embeddings() is not None:
             self.llm.get_output_embeddings().register_forward_hook(self._last_hidden)
         self._lora_lock = threading.Lock()
@@ -213,29 +267,117 @@ class AnyGPTModel(nn.Module):
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                                   tokenize=False)
 
-    # -- 2. encode and splice -----------------------------------------------------------------
+    # -- 2. conversations -> the LLM's inputs and labels (the one place media meet the text) -----
+    def tokenize_conversation(self, turns: Sequence[Turn], reply: Sequence[int] | None = None
+                              ) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a conversation (placeholders included). Each assistant turn is
+        tokenized apart from what precedes it and learnt (its words, signal tokens and end of turn);
+        everything else is -100. A conversation ending with the user's turn ends with the generation
+        prompt (what `generate` continues), then `reply` (learnt) when given."""
+        if not turns:
+            raise InputError("a conversation needs at least one turn")
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""
+
+        def add(text: str, learn: bool) -> None:
+            piece = self.tokenizer(text, add_special_tokens=False).input_ids
+            ids.extend(piece)
+            labels.extend(piece if learn else [-100] * len(piece))
+
+        for k, turn in enumerate(turns):
+            if turn.role != "assistant":
+                continue
+            prefix = self.render(turns[:k], add_generation_prompt=True)
+            upto = self.render(turns[:k + 1], add_generation_prompt=False)
+            if not (prefix.startswith(done) and upto.startswith(prefix)):
+                raise ValueError("the chat template does not render a conversation as a prefix of its continuation")
+            add(prefix[len(done):], False)
+            add(upto[len(prefix):], True)
+            done = upto
+        if turns[-1].role == "user":
+            prompt = self.render(turns, add_generation_prompt=True)
+            add(prompt[len(done):], False)
+            if reply is not None:
+                ids.extend(reply)
+                labels.extend(reply)
+        elif reply is not None:
+            raise ValueError("a reply follows a conversation that ends with the user's turn")
+        return ids, labels
+
+    def tokenize(self, turns: Sequence[Turn]) -> torch.Tensor:
+        """The conversation as token ids [L] (placeholders included), as `prepare_inputs_labels` reads it."""
+        return torch.tensor(self.tokenize_conversation(turns)[0])
+
     def encode_media(self, media: list[tuple[str, Any]]) -> torch.Tensor:
-        """Every media item -> one LLM-sized token embedding, in order. Items of a modality share a batch."""
-        out = torch.empty(len(media), self.input_projector.proj.out_features)
+        """Every media item -> one LLM-sized token embedding [N, H], in order. Items of a modality share a batch."""
+        weight = self.input_projector.proj.weight
+        out = torch.empty(len(media), self.input_projector.proj.out_features, device=weight.device)
         for modality in dict.fromkeys(m for m, _ in media):
             index = [i for i, (m, _) in enumerate(media) if m == modality]
             emb = self.encoder.encode(modality, [media[i][1] for i in index])
-            out[index] = self.input_projector(emb.to(self.input_projector.proj.weight)).float()
+            out[index] = self.input_projector(emb.to(weight)).float()
         return out
 
-    def splice_media(self, input_ids: torch.Tensor, media_embeds: torch.Tensor) -> torch.Tensor:
-        """Token ids [L] -> input embeddings [1, L, H] with each placeholder replaced by its media embedding."""
-        embeds = self.llm.get_input_embeddings()(input_ids[None])
-        slots = (input_ids == self.media_token_id).nonzero().flatten()
-        if len(slots) != len(media_embeds):
-            raise InputError(f"{len(slots)} media placeholders in the prompt but {len(media_embeds)} media items")
-        embeds = embeds.clone()
-        embeds[0, slots] = media_embeds.to(embeds)
-        return embeds
+    def prepare_inputs_labels(self, conversations: Sequence[Conversation | Sequence[Turn]]) -> MultimodalBatch:
+        """A batch of conversations -> the LLM's inputs and labels (LLaVA's
+        `prepare_inputs_labels_for_multimodal`): tokenized (`tokenize_conversation`), the media of all
+        conversations encoded together (`encode_media`), each placeholder's token embedding replaced by
+        its media item's, rows right-padded. A single conversation is not padded: its embeddings are
+        the prompt `generate` takes."""
+        convs = [c if isinstance(c, Conversation) else Conversation(list(c)) for c in conversations]
+        if not convs:
+            raise ValueError("prepare_inputs_labels needs at least one conversation")
+        rows = [self.tokenize_conversation(c.turns, c.reply) for c in convs]
+        media = [item for c in convs for t in c.turns for item in t.media]
+        embed = self.llm.get_input_embeddings()
+        device = embed.weight.device
+        length = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id or 0
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for b, (ids, lab) in enumerate(rows):
+            input_ids[b, :len(ids)], labels[b, :len(ids)], mask[b, :len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
+        input_ids, labels, mask = input_ids.to(device), labels.to(device), mask.to(device)
+        slots = (input_ids == self.media_token_id) & mask.bool()
+        for b, c in enumerate(convs):
+            n = sum(len(t.media) for t in c.turns)
+            if int(slots[b].sum()) != n:
+                raise InputError(f"{int(slots[b].sum())} media placeholders in the prompt but {n} media items")
+        inputs_embeds = embed(input_ids)
+        if media:  # row-major order of the slots is the order of the conversations' media
+            inputs_embeds = inputs_embeds.index_put(tuple(slots.nonzero().T), self.encode_media(media).to(inputs_embeds))
+        prompt_lengths = [len(ids) - (len(c.reply) if c.reply is not None else 0) for c, (ids, _) in zip(convs, rows)]
+        return MultimodalBatch(input_ids, inputs_embeds, mask, labels, [ids for ids, _ in rows], prompt_lengths)
 
-    def tokenize(self, turns: list[Turn]) -> torch.Tensor:
-        """The rendered conversation as token ids [L] (placeholders included)."""
-        return self.tokenizer(self.render(turns), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    def forward(self, conversations: Sequence[Conversation | Sequence[Turn]], *, project: bool = True) -> AnyGPTOutput:
+        """The model's one forward pass, for training and for inference's states alike: the batch's
+        inputs and labels (`prepare_inputs_labels`), the LLM, the LM loss over the labelled tokens and,
+        at each complete run of signal tokens, the last layer's states and (`project`) their
+        conditionings (`project_runs`)."""
+        batch = self.prepare_inputs_labels(conversations)
+        runs = [self.find_runs(ids) for ids in batch.ids]
+        want_states = any(runs)
+        out = self.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                       output_hidden_states=want_states, use_cache=False)
+        targets = batch.labels[:, 1:]
+        label_count = int((targets != -100).sum())
+        loss_sum = F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                   reduction="sum")
+        states: list[list[torch.Tensor]] = [[] for _ in runs]
+        conditionings: list[list[torch.Tensor]] = [[] for _ in runs]
+        if want_states:
+            hidden = out.hidden_states[-1]
+            items = [(b, run) for b, row in enumerate(runs) for run in row]
+            taken = [(run.modality, hidden[b, run.positions], batch.inputs_embeds[b, run.positions]) for b, run in items]
+            projected = self.project_runs(taken) if project else [None] * len(taken)
+            for (b, _), (_, h, _), c in zip(items, taken, projected):
+                states[b].append(h)
+                conditionings[b].append(c)
+        return AnyGPTOutput(loss_sum / label_count if label_count else None, loss_sum, label_count, runs, states,
+                            conditionings, batch)
 
     # -- 3. generate --------------------------------------------------------------------------
     def generate(self, inputs_embeds: torch.Tensor, *, max_new_tokens: int, temperature: float, seed: int,
@@ -398,28 +540,36 @@ class AnyGPTModel(nn.Module):
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # -- 4. signal tokens -> decoder conditioning ---------------------------------------------
-    def signal_conditioning(self, inputs_embeds: torch.Tensor, ids: list[int], runs: list[SignalRun],
-                            hidden: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """For each run: last-layer hidden states + input embeddings at its tokens -> projector -> [tokens, dim].
+    def project_runs(self, runs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """The one projection, for training and inference: per run (modality, last-layer states [n, H],
+        input embeddings [n, H] of its tokens) -> the output projector's conditioning [tokens, dim].
+        Runs of a modality go through their projector together."""
+        out: list[torch.Tensor | None] = [None] * len(runs)
+        for modality in dict.fromkeys(m for m, _, _ in runs):
+            index = [i for i, (m, _, _) in enumerate(runs) if m == modality]
+            hidden = torch.stack([runs[i][1] for i in index]).float()
+            embeds = torch.stack([runs[i][2] for i in index]).float()
+            for i, c in zip(index, self.output_projectors[modality](hidden, embeds)):
+                out[i] = c
+        return out
 
-        `hidden` ([n, H], the states of `ids[:n]` kept by `generate`) saves the forward pass; runs
-        reaching past it (a forced run, or one cut at max_new_tokens) get one forward over prompt + reply.
+    def signal_conditioning(self, turns: Sequence[Turn], ids: list[int], runs: list[SignalRun],
+                            hidden: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """For each run of a reply (`ids`, written after the prompt of `turns`): its conditioning [tokens, dim].
+
+        `hidden` ([n, H], the states of `ids[:n]` kept by `generate`) saves the forward pass: the states
+        and the tokens' input embeddings go through `project_runs`. Runs reaching past it (a forced
+        run, or one cut at max_new_tokens) take the states of one `forward` over the conversation and reply.
         """
         if not runs:
             return []
-        reply = torch.tensor(ids)[None]
-        reply_embeds = self.llm.get_input_embeddings()(reply)
-        last = max(run.positions[-1] for run in runs)
-        if hidden is None or last >= hidden.shape[0]:
-            full = torch.cat([inputs_embeds, reply_embeds.to(inputs_embeds)], dim=1)
-            hidden = self.llm(inputs_embeds=full, output_hidden_states=True).hidden_states[-1][0, inputs_embeds.shape[1]:]
-        out = []
-        for run in runs:
-            pos = torch.tensor(run.positions)
-            h = hidden[pos][None].float()
-            e = reply_embeds[:, pos].float()
-            out.append(self.output_projectors[run.modality](h, e)[0])
-        return out
+        if hidden is not None and max(run.positions[-1] for run in runs) < hidden.shape[0]:
+            embeds = self.llm.get_input_embeddings()(torch.tensor(ids, device=hidden.device))
+            return self.project_runs([(run.modality, hidden[run.positions], embeds[run.positions]) for run in runs])
+        full = self.forward([Conversation(list(turns), list(ids))])
+        offset = full.batch.prompt_lengths[0]
+        made = {run.positions[0] - offset: c for run, c in zip(full.runs[0], full.conditionings[0])}
+        return [made[run.positions[0]] for run in runs]
 
     # -- trained state ------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -262,13 +262,10 @@ class AnyGPT:
         # 2. encode media (every turn's; the encoder caches by content, so earlier turns cost nothing)
         with torch.inference_mode():
             t = time.perf_counter()
-            input_ids = self.model.tokenize(turns)
-            all_media = [item for turn in turns for item in turn.media]
             try:
-                media_embeds = self.model.encode_media(all_media) if all_media else torch.empty(0, 1)
+                inputs_embeds = self.model.prepare_inputs_labels([turns]).inputs_embeds
             except MediaError as e:
                 raise InputError(str(e)) from None
-            inputs_embeds = self.model.splice_media(input_ids, media_embeds)
             trace.timings["encode"] = time.perf_counter() - t
         return _Plan(opts, turns, trace, inputs_embeds)
 
@@ -300,8 +297,7 @@ class AnyGPT:
                     plan.trace.generated_tokens = reply.generated
                     t = time.perf_counter()
                     plan.reply_ids, plan.runs = reply.ids, self.model.find_runs(reply.ids)
-                    plan.conditioning = self.model.signal_conditioning(plan.inputs_embeds, reply.ids, plan.runs,
-                                                                       reply.hidden)
+                    plan.conditioning = self.model.signal_conditioning(plan.turns, reply.ids, plan.runs, reply.hidden)
                     plan.artifacts = [None] * len(plan.runs)
                     plan.trace.timings["project"] = time.perf_counter() - t
 

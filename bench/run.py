@@ -11,7 +11,11 @@ Figures (issue 10's targets in brackets):
 - a conversation's second turn, from scratch and from the first turn's KV cache;
 - pipeline overhead: end to end minus the raw component calls (ImageBind forward, the LLM's
   generate for the same number of tokens, the output projector, the diffusers pipeline call)
-  timed in the same process on the same inputs [<= 5%];
+  timed in the same process on the same inputs [<= 5%]; printed on its own line per request kind,
+  `overhead <kind>: <pct>%`, for scripts;
+- the side-by-side baseline: NExT-GPT's own inference code loads the diffusion pipelines anew for
+  each request; `reload per request` times that on the same parts in the same run (every decoder
+  built from its folder again before each request) and `ratio` is it over end to end;
 - batch: scripted jobs per minute, decoded together vs one by one [>= 1.5x];
 - peak resident memory: a full run, and a text-only run that never loads a decoder [<= 2.5 GB].
 """
@@ -55,7 +59,8 @@ COLD = """
 import json, resource, time
 t = time.perf_counter()
 from anygpt import AnyGPT
-m = AnyGPT.from_preset({preset!r}) if {config!r} is None else AnyGPT.from_config({config!r})
+from anygpt.config import paths_from_env
+m = AnyGPT.load({preset!r}, {config!r}, paths=paths_from_env())
 r = m.chat("What is the capital of France?", outputs=(), max_new_tokens=16)
 s = time.perf_counter() - t
 print(json.dumps({{"seconds": s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
@@ -64,7 +69,8 @@ print(json.dumps({{"seconds": s, "peak_rss_mb": resource.getrusage(resource.RUSA
 FULL_MEMORY = """
 import json, resource
 from anygpt import AnyGPT
-m = AnyGPT.from_preset({preset!r}) if {config!r} is None else AnyGPT.from_config({config!r})
+from anygpt.config import paths_from_env
+m = AnyGPT.load({preset!r}, {config!r}, paths=paths_from_env())
 for force in (("image",), ("audio",), ("video",)):
     m.chat("make something", force=force, max_new_tokens=8)
 print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -89,9 +95,11 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
     """(median end to end, median sum of the raw component calls) on the same inputs.
 
     The raw calls are the models alone: ImageBind's forward, the LLM's `generate` for as many
-    tokens as the request's LLM wrote, each output projector, and each diffusers pipeline call.
+    tokens as the request's LLM wrote, the output projection of each run, and each decoder's
+    `decode`. The prompt's embeddings and the signal tokens' states come from the model's own
+    forward path (`prepare_inputs_labels`, `forward`), untimed.
     """
-    from anygpt.model import Turn
+    from anygpt.model import Conversation, Turn
 
     model = app.model
     e2e, raw = [], []
@@ -106,11 +114,11 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
         model.encoder.clear_cache()
         spent = 0.0
         turns = [Turn("user", prompt, [("image", str(image))] if image else [])]
-        ids = model.tokenize(turns)
         t = time.perf_counter()
-        emb = model.encoder.encode("image", [str(image)]) if image else None  # ImageBind forward
+        if image:
+            model.encoder.encode("image", [str(image)])  # ImageBind forward (cached by content for the next line)
         spent += time.perf_counter() - t
-        embeds = model.splice_media(ids, model.input_projector(emb) if emb is not None else torch.empty(0, 1))
+        embeds = model.prepare_inputs_labels([turns]).inputs_embeds
         n = r.trace.generated_tokens
         t = time.perf_counter()
         model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
@@ -118,26 +126,36 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
                            pad_token_id=model.tokenizer.pad_token_id)
         spent += time.perf_counter() - t
         reply = model.tokenizer(r.trace.raw_reply, add_special_tokens=False).input_ids
-        reply_embeds = model.llm.get_input_embeddings()(torch.tensor(reply)[None])
-        hidden = model.llm(inputs_embeds=torch.cat([embeds, reply_embeds], 1),
-                           output_hidden_states=True).hidden_states[-1][:, embeds.shape[1]:]
-        for run in model.find_runs(reply):
-            pos = torch.tensor(run.positions)
+        out = model.forward([Conversation(turns, reply)], project=False)
+        for run, state in zip(out.runs[0], out.states[0]):
+            run_embeds = out.batch.inputs_embeds[0, run.positions]
             t = time.perf_counter()
-            cond = model.output_projectors[run.modality](hidden[:, pos], reply_embeds[:, pos])
+            cond = model.project_runs([(run.modality, state, run_embeds)])[0]
             spent += time.perf_counter() - t
-            dec = app.decoder(run.modality)
             settings = app.config.decoders[run.modality]
-            size = {k: int(v) if k in ("height", "width", "num_frames") else v for k, v in settings.size.items()}
+            size = settings.size_options()
+            dec = app.decoder(run.modality)
             t = time.perf_counter()
-            dec.pipeline(prompt_embeds=dec._pipeline_embeds(cond),
-                         negative_prompt_embeds=dec._pipeline_embeds(dec.unconditional_embeds()[None]),
-                         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-                         generator=[torch.Generator().manual_seed(i)], output_type="np",
-                         **dec._size_kwargs(**size)[0])
+            dec.decode(cond, seeds=[i], num_inference_steps=settings.num_inference_steps,
+                       guidance_scale=settings.guidance_scale, **size)
             spent += time.perf_counter() - t
         raw.append(spent)
     return _median(e2e), _median(raw)
+
+
+def reload_per_request(app, prompt: str, force: tuple, media: dict, runs: int) -> float:
+    """Median end to end of a request whose decoders are built again from their folders first, as
+    NExT-GPT's inference code loads its diffusion pipelines anew for every request."""
+    times = []
+    for i in range(runs):
+        for modality in app.loaded_decoders:
+            app.unload_decoder(modality)
+        app.model.encoder.clear_cache()
+        app.model.forget_prefix()
+        t = time.perf_counter()
+        app.chat(prompt, force=force, seed=i, **media)
+        times.append(time.perf_counter() - t)
+    return _median(times)
 
 
 def second_turn(app, runs: int) -> dict[str, float]:
@@ -183,6 +201,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from anygpt import AnyGPT
+    from anygpt.config import paths_from_env
 
     results: dict = {"machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                                 f"{torch.get_num_threads()} threads"}
@@ -191,7 +210,7 @@ def main() -> None:
     results["cold_start"] = _child(code)
     results["peak_memory_all_decoders"] = _child(FULL_MEMORY.format(preset=args.preset, config=args.config))
 
-    app = AnyGPT.from_preset(args.preset) if args.config is None else AnyGPT.from_config(args.config)
+    app = AnyGPT.load(args.preset, args.config, paths=paths_from_env())
     with tempfile.TemporaryDirectory() as folder:
         image = Path(folder) / "shape.png"
         pixels = np.full((64, 64, 3), 30, np.uint8)
@@ -209,9 +228,12 @@ def main() -> None:
                 for k, v in r.trace.timings.items():
                     stages.setdefault(k, []).append(v)
             e2e, raw = raw_components(app, prompt, force, image if needs_image else None, args.runs)
-            requests[name] = {"end_to_end_s": e2e, **{f"{k}_s": _median(v) for k, v in stages.items()},
+            reload = reload_per_request(app, prompt, force, media, args.runs)
+            requests[name] = {"end_to_end_s": e2e, "reload_per_request_s": reload, "reload_ratio": reload / e2e,
+                              **{f"{k}_s": _median(v) for k, v in stages.items()},
                               "raw_components_s": raw, "overhead_pct": 100 * (e2e - raw) / e2e}
         results["requests"] = requests
+    results["overhead_pct"] = {name: row["overhead_pct"] for name, row in requests.items()}  # for scripts
     results["second_turn"] = second_turn(app, args.runs)
     results["batch"] = batch_throughput(app, args.jobs)
 
@@ -225,15 +247,19 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"AnyGPT bench ({args.preset}) on {results['machine']}")
-    for col in ("request", "end to end s", "encode", "llm", "project", "decode", "raw calls s", "overhead"):
+    for col in ("request", "end to end s", "reload per request s", "ratio", "encode", "llm", "project", "decode",
+                "raw calls s", "overhead"):
         table.add_column(col, justify="right")
     for name, row in results["requests"].items():
         decode = sum(v for k, v in row.items() if k.startswith("decode_"))
-        table.add_row(name, f"{row['end_to_end_s']:.2f}", f"{row.get('encode_s', 0):.2f}", f"{row.get('llm_s', 0):.2f}",
+        table.add_row(name, f"{row['end_to_end_s']:.2f}", f"{row['reload_per_request_s']:.2f}",
+                      f"{row['reload_ratio']:.1f}x", f"{row.get('encode_s', 0):.2f}", f"{row.get('llm_s', 0):.2f}",
                       f"{row.get('project_s', 0):.2f}", f"{decode:.2f}", f"{row['raw_components_s']:.2f}",
                       f"{row['overhead_pct']:.1f}%")
     console = Console()
     console.print(table)
+    for name, row in results["requests"].items():  # one line each, for scripts
+        print(f"overhead {name}: {row['overhead_pct']:+.1f}%")
     b = results["batch"]
     console.print(f"cold start to first reply: {results['cold_start']['seconds']:.1f} s "
                   f"(peak RSS {results['cold_start']['peak_rss_mb']:.0f} MB, no decoder loaded)")
@@ -247,11 +273,13 @@ def main() -> None:
 def markdown(results: dict, args: argparse.Namespace) -> str:
     """The figures as the README shows them."""
     lines = [f"Measured on {results['machine']} (`make bench`, median of {args.runs} runs):", "",
-             "| request | end to end | encode | LLM | project | decode | raw calls | overhead |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| request | end to end | reload per request | ratio | encode | LLM | project | decode | raw calls "
+             "| overhead |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in results["requests"].items():
         decode = sum(v for k, v in row.items() if k.startswith("decode_"))
-        lines.append(f"| {name} | {row['end_to_end_s']:.2f} s | {row.get('encode_s', 0):.3f} | "
+        lines.append(f"| {name} | {row['end_to_end_s']:.2f} s | {row['reload_per_request_s']:.2f} s | "
+                     f"{row['reload_ratio']:.1f}x | {row.get('encode_s', 0):.3f} | "
                      f"{row.get('llm_s', 0):.2f} | {row.get('project_s', 0):.3f} | {decode:.2f} | "
                      f"{row['raw_components_s']:.2f} s | {row['overhead_pct']:+.1f}% |")
     b, cold, turn = results["batch"], results["cold_start"], results["second_turn"]

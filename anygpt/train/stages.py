@@ -9,23 +9,28 @@
 Every stage reads a manifest (stage 1-2: the toy world's, or any JSONL of path + caption; stage 3:
 dialogs), starts from `init` (a save_pretrained folder, e.g. the previous stage's output) or the
 config, and writes `out/model` with `AnyGPT.save_pretrained`; `out/checkpoint` lets it resume.
+
+The forward is the model's (`AnyGPTModel.forward`, the one inference uses too). A stage only says
+what differs: which parameters train (`_freeze_except`) and which loss terms apply (`StageLoss`:
+the LM loss, plus, in stages 2-3, `align_weight * align_loss(pred, target, mask)` at each run of
+signal tokens). The loop (`anygpt.train.loop`) runs on one process or several (torchrun).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
 from anygpt.data.dialogs import MAKE, read_dialogs
 from anygpt.data.manifest import read_manifest
-from anygpt.model import AnyGPTModel, Turn
+from anygpt.model import AnyGPTModel, AnyGPTOutput, Turn
 from anygpt.pipeline import AnyGPT
-from anygpt.train.loop import LoopSettings, console, train
+from anygpt.train.loop import LoopSettings, console, is_main_process, mean_over_processes, train
 
 DESCRIBE = {"image": ["Describe this picture.", "What is in this image?", "Caption this image."],
             "audio": ["Describe this sound.", "What do you hear?", "Caption this audio clip."],
@@ -79,26 +84,40 @@ def stage3_samples(model: AnyGPTModel, dialogs: list[dict]) -> list[Sample]:
 
 def tokenize_sample(model: AnyGPTModel, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and labels (-100 everywhere but the assistant's words, signal tokens and end of turn)."""
-    ids, labels, done = [], [], ""
-    for k, turn in enumerate(sample.turns):
-        if turn.role != "assistant":
-            continue
-        prefix = model.render(sample.turns[:k], add_generation_prompt=True)
-        upto = model.render(sample.turns[:k + 1], add_generation_prompt=False)
-        for text, learn in ((prefix[len(done):], False), (upto[len(prefix):], True)):
-            piece = model.tokenizer(text, add_special_tokens=False).input_ids
-            ids += piece
-            labels += piece if learn else [-100] * len(piece)
-        done = upto
+    ids, labels = model.tokenize_conversation(sample.turns)
     return torch.tensor(ids), torch.tensor(labels)
 
 
-class StageLoss:
-    """LM loss over a padded batch, plus the decoder-side MSE at each run of signal tokens."""
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pred, target [R, tokens, dim], mask [R, tokens] (1 where the target's token counts): each run's
+    MSE over its counted tokens, averaged over the runs."""
+    err = (pred - target.to(pred)).pow(2).mean(-1)
+    mask = mask.to(err)
+    return ((err * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean()
 
-    def __init__(self, app: AnyGPT, mse_weight: float):
-        self.model, self.app, self.mse_weight = app.model, app, mse_weight
+
+AlignLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def stage_loss(lm: torch.Tensor, align: torch.Tensor | None, align_weight: float) -> torch.Tensor:
+    """How a stage composes its terms: the LM loss, plus the weighted decoder-side alignment."""
+    return lm if align is None else lm + align_weight * align
+
+
+class StageLoss:
+    """A stage's loss on a batch of samples: the model's forward (`AnyGPTModel.forward`), then its LM
+    loss plus, when `align_weight` > 0, `align_loss(pred, target, mask)` between each run's conditioning
+    and the decoder's own text encoding of its caption. Both terms are means over the global batch
+    (the LM loss over its labelled tokens, the alignment over its runs) however the loop splits it
+    between processes."""
+
+    def __init__(self, app: AnyGPT, mse_weight: float, align_loss: AlignLoss = masked_mse):
+        self.model, self.app, self.align_weight, self.align_loss = app.model, app, mse_weight, align_loss
         self._targets: dict[tuple[str, str], torch.Tensor] = {}
+
+    @property
+    def mse_weight(self) -> float:  # the old name of align_weight
+        return self.align_weight
 
     def target(self, modality: str, caption: str) -> torch.Tensor:
         """The decoder's own text encoding of the caption (what its UNet was trained to follow)."""
@@ -107,39 +126,38 @@ class StageLoss:
             self._targets[key] = self.app.decoder(modality).encode_text([caption])[0].float().cpu()
         return self._targets[key]
 
+    def target_mask(self, modality: str, captions: list[str]) -> torch.Tensor:
+        """[R, tokens]: which target tokens the alignment counts (all of them)."""
+        return torch.ones(len(captions), self.target(modality, captions[0]).shape[0])
+
+    def alignment(self, batch: list[Sample], out: AnyGPTOutput) -> torch.Tensor:
+        """`align_loss` per output modality, averaged over all the runs of the global batch."""
+        groups: dict[str, tuple[list[torch.Tensor], list[str]]] = {}
+        for b, s in enumerate(batch):
+            for run, pred, (modality, caption) in zip(out.runs[b], out.conditionings[b], s.outputs):
+                if run.modality != modality:
+                    raise ValueError(f"a run of {run.modality} signal tokens where the sample says {modality}")
+                groups.setdefault(modality, ([], []))
+                groups[modality][0].append(pred)
+                groups[modality][1].append(caption)
+        total, count = out.loss_sum.new_zeros(()), 0
+        for modality, (preds, captions) in groups.items():
+            pred = torch.stack(preds)
+            target = torch.stack([self.target(modality, c) for c in captions]).to(pred.device)
+            mask = self.target_mask(modality, captions).to(pred.device)
+            total = total + self.align_loss(pred, target, mask) * len(preds)
+            count += len(preds)
+        return mean_over_processes(total, count)
+
     def __call__(self, batch: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
-        model = self.model
-        rows = []
-        for s in batch:
-            ids, labels = tokenize_sample(model, s)
-            media = [item for t in s.turns for item in t.media]
-            media_embeds = model.encode_media(media) if media else torch.empty(0, 1)
-            rows.append((ids, labels, model.splice_media(ids, media_embeds)[0]))
-        length = max(len(r[0]) for r in rows)
-        hidden_size = rows[0][2].shape[-1]
-        embeds = torch.zeros(len(rows), length, hidden_size)
-        labels = torch.full((len(rows), length), -100)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for b, (ids, lab, emb) in enumerate(rows):
-            embeds[b, :len(ids)], labels[b, :len(ids)], mask[b, :len(ids)] = emb, lab, 1
-        needs_mse = self.mse_weight > 0 and any(s.outputs for s in batch)
-        out = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, output_hidden_states=needs_mse)
-        logs = {"lm": out.loss.item()}
-        loss = out.loss
-        if needs_mse:
-            errors = []
-            hidden = out.hidden_states[-1]
-            for b, (s, (ids, _, _)) in enumerate(zip(batch, rows)):
-                runs = model.find_runs(ids.tolist())
-                for run, (modality, caption) in zip(runs, s.outputs):
-                    pos = torch.tensor(run.positions)
-                    pred = model.output_projectors[modality](hidden[b:b + 1, pos], embeds[b:b + 1, pos])[0]
-                    errors.append(F.mse_loss(pred, self.target(modality, caption)))
-            if errors:
-                mse = torch.stack(errors).mean()
-                loss = loss + self.mse_weight * mse
-                logs["mse"] = mse.item()
-        return loss, logs
+        out = self.model([s.turns for s in batch])
+        lm = mean_over_processes(out.loss_sum, out.label_count)
+        logs = {"lm": lm.item()}
+        align = None
+        if self.align_weight > 0:
+            align = self.alignment(batch, out)
+            logs["mse"] = align.item()
+        return stage_loss(lm, align, self.align_weight), logs
 
 
 def _freeze_except(model: AnyGPTModel, stage: int) -> None:
@@ -165,8 +183,12 @@ def _freeze_except(model: AnyGPTModel, stage: int) -> None:
 def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPTConfig | None = None,
                 init: str | Path | None = None, steps: int = 300, batch_size: int = 8, lr: float = 1e-3,
                 grad_accum: int = 1, mse_weight: float = 1.0, seed: int = 0, max_steps: int | None = None,
-                limit: int | None = None) -> dict:
-    """Run one stage; writes out/model (save_pretrained) and returns the loop's summary."""
+                limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False) -> dict:
+    """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
+
+    `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
+    its share of every batch (the same examples per step as one process). `gradient_checkpointing`
+    recomputes the LLM's activations in the backward pass (memory for time, for large backbones)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     out = Path(out)
@@ -200,11 +222,14 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         return [samples[i] for i in idx]
 
     model.encoder.requires_grad_(False)
+    if gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     summary = train(f"stage{stage}", model, batch_fn, loss, out,
                     LoopSettings(steps=steps, lr=lr, grad_accum=grad_accum, warmup=min(30, steps // 5 + 1),
-                                 save_every=50, seed=seed, max_steps=max_steps))
+                                 save_every=save_every, seed=seed, max_steps=max_steps))
     app.trained = True
-    app.save_pretrained(out / "model")
+    if is_main_process():
+        app.save_pretrained(out / "model")
     return summary
 
 

@@ -14,9 +14,7 @@ FAST = dict(num_inference_steps=2, max_new_tokens=16)
 
 
 def _prompt(model, text, media=()):
-    turns = [Turn("user", text, list(media))]
-    media_embeds = model.encode_media(list(media)) if media else torch.empty(0, 1)
-    return model.splice_media(model.tokenize(turns), media_embeds)
+    return model.prepare_inputs_labels([[Turn("user", text, list(media))]]).inputs_embeds
 
 
 @torch.inference_mode()
@@ -49,13 +47,13 @@ def test_a_written_run_is_projected_without_a_second_forward(tiny, monkeypatch):
         hook.remove()
     assert [run["modality"] for run in r.trace.signal_runs] == ["image"], r.trace.raw_reply
     with torch.inference_mode():
-        embeds = model.splice_media(model.tokenize(r.history[:-1]), torch.empty(0, 1))
+        embeds = model.prepare_inputs_labels([r.history[:-1]]).inputs_embeds
     assert forwards and max(forwards) < embeds.shape[1]  # no forward over the whole conversation
     run = len(tiny.model.signal.ids["image"])
     assert len(forwards) == r.trace.generated_tokens - run + 2  # the run's middle tokens in one forward
     with torch.inference_mode():
         ids = model.tokenizer(r.trace.raw_reply, add_special_tokens=False).input_ids
-        expected = project(embeds, ids, model.find_runs(ids))
+        expected = project(r.history[:-1], ids, model.find_runs(ids))
     assert torch.allclose(conditioning[0], expected[0], atol=1e-4)
 
 
@@ -174,7 +172,7 @@ def test_a_conversation_goes_through_the_llm_once(tiny):
     first = [Turn("user", "draw a red circle")]
     reply = model.generate(_prompt(model, first[0].text), **options)
     history = first + [Turn("assistant", model.tokenizer.decode(reply.ids)), Turn("user", "what colour was it?")]
-    prompt = model.splice_media(model.tokenize(history), torch.empty(0, 1))
+    prompt = model.prepare_inputs_labels([history]).inputs_embeds
 
     lengths = []
     norm = model.llm.get_base_model().model.norm

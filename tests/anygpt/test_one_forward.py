@@ -1,0 +1,110 @@
+"""One forward path for training and inference (`AnyGPTModel.prepare_inputs_labels` and `forward`)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anygpt.model import Conversation, Turn
+from anygpt.pipeline import ChatRequest
+from anygpt.train.stages import Sample, StageLoss
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = ("anygpt", "apps", "bench", "encoders", "decoders", "scripts", "examples")
+
+
+def test_inference_and_training_give_the_same_states_and_conditionings(tiny, monkeypatch):
+    """A reply written by the pipeline (states kept by generation, projected by `signal_conditioning`)
+    and the same conversation through the training forward (`model(...)`, as `StageLoss` runs it):
+    the same tokens, the same signal-token states, the same conditionings."""
+    model = tiny.model
+    replies = []
+    generate = model.generate_batch
+    monkeypatch.setattr(model, "generate_batch", lambda *a, **k: replies.extend(generate(*a, **k)) or replies)
+    prompt = "draw a red circle"
+    ((modality, conditioning),), = tiny.conditioning_batch(
+        [ChatRequest(prompt, options=dict(outputs=("image",), max_new_tokens=16))])
+    monkeypatch.undo()
+    (reply,), (run,) = replies, model.find_runs(replies[0].ids)
+    assert modality == run.modality == "image" and run.positions[-1] < reply.hidden.shape[0]  # states from generation
+
+    history = [Turn("user", prompt), Turn("assistant", model.tokenizer.decode(reply.ids, skip_special_tokens=False))]
+    with torch.no_grad():
+        out = model([history])  # the conversation, the reply as its assistant turn
+    start = len(model.tokenize(history[:1]))
+    assert out.batch.ids[0][start:start + len(reply.ids)] == reply.ids
+    (trained_run,) = out.runs[0]
+    assert [p - start for p in trained_run.positions] == run.positions
+    assert out.batch.labels[0, trained_run.positions].tolist() == [reply.ids[p] for p in run.positions]
+    assert torch.allclose(out.states[0][0], reply.hidden[run.positions], atol=1e-4)
+    assert torch.allclose(out.conditionings[0][0], conditioning, atol=1e-4)
+
+    # the stage's loss is that forward's: its LM loss, and the alignment of that conditioning
+    loss = StageLoss(tiny, 1.0)
+    target = torch.zeros_like(conditioning)
+    monkeypatch.setattr(loss, "target", lambda m, caption: target)  # no decoder needed
+    with torch.no_grad():
+        total, logs = loss([Sample(history, [("image", "a red circle")])])
+    assert logs["lm"] == pytest.approx(out.loss.item(), rel=1e-5)
+    assert logs["mse"] == pytest.approx(F.mse_loss(conditioning, target).item(), rel=1e-3)
+    assert total.item() == pytest.approx(logs["lm"] + logs["mse"], rel=1e-5)
+
+
+@torch.inference_mode()
+def test_a_prompt_is_its_conversation_rendered_with_the_media_spliced_in(tiny, media_dir):
+    model = tiny.model
+    image = ("image", str(media_dir / "red_square.png"))
+    answer = "A red square. " + model.signal_string("image")
+    history = [Turn("user", "what is this?", [image]), Turn("assistant", answer), Turn("user", "now play a tone")]
+    ids = model.tokenize(history).tolist()
+    assert ids == model.tokenizer(model.render(history), add_special_tokens=False).input_ids
+
+    batch = model.prepare_inputs_labels([history, history[:1]])  # two rows, right-padded
+    assert batch.inputs_embeds.shape[:2] == batch.labels.shape == (2, len(ids))
+    assert batch.attention_mask[1].sum() == len(batch.ids[1]) < len(ids)
+    learnt = batch.labels[0][batch.labels[0] != -100].tolist()
+    assert model.tokenizer.decode(learnt).startswith(answer)  # the assistant's turn, and only it
+    slot = ids.index(model.media_token_id)
+    assert torch.allclose(batch.inputs_embeds[0, slot], model.encode_media([image])[0], atol=1e-6)
+    assert torch.allclose(batch.inputs_embeds[1, slot], batch.inputs_embeds[0, slot])
+    text = [i for i, t in enumerate(ids) if t != model.media_token_id]
+    assert torch.equal(batch.inputs_embeds[0, text], model.llm.get_input_embeddings()(torch.tensor(ids)[text]))
+
+    reply = model.tokenizer(answer, add_special_tokens=False).input_ids
+    with_reply = model.prepare_inputs_labels([Conversation(history[:1], reply)])
+    assert with_reply.prompt_lengths == [len(with_reply.ids[0]) - len(reply)]
+    assert with_reply.labels[0, with_reply.prompt_lengths[0]:].tolist() == reply
+
+
+def _where(pattern: str) -> set[tuple[str, str]]:
+    """(file, innermost function) of each line of the project's code matching `pattern` (tests excluded)."""
+    hits = set()
+    for folder in SOURCES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            spans = [(node.lineno, node.end_lineno, node.name) for node in ast.walk(ast.parse(text))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            for number, line in enumerate(text.splitlines(), 1):
+                if re.search(pattern, line):
+                    inside = [s for s in spans if s[0] <= number <= s[1]]
+                    name = min(inside, key=lambda s: s[1] - s[0])[2] if inside else "<module>"
+                    hits.add((path.relative_to(ROOT).as_posix(), name))
+    return hits
+
+
+def test_media_are_spliced_into_the_embeddings_in_one_place():
+    """No second copy of the forward: one function finds the media placeholders in the token ids and
+    encodes media for the LLM; one projects encoder outputs; nothing else is a splice."""
+    one = {("anygpt/model.py", "prepare_inputs_labels")}
+    assert _where(r"media_token_id\s*[=!]=|[=!]=\s*[\w.]*media_token_id|isin\(.*media_token") == one
+    assert _where(r"(?<!def )\bencode_media\(") == one
+    assert _where(r"\binput_projector\(") == {("anygpt/model.py", "encode_media")}
+    assert _where(r"def \w*splice") == set()
+    allowed = one | {("anygpt/model.py", name) for name in ("<module>", "__init__", "render", "_processor")} \
+        | {("anygpt/llm.py", name) for name in ("<module>", "add_signal_tokens")}
+    assert _where(r"media_token_id|MEDIA_TOKEN") <= allowed
