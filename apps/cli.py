@@ -328,12 +328,16 @@ def _stage_command(stage: int):
         init: Annotated[Optional[Path], typer.Option(help="Start from a save_pretrained folder (the previous stage's model/).")] = None,
         steps: int = 300, batch_size: int = 8, lr: float = 1e-3, grad_accum: int = 1, seed: int = 0,
         max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
+        save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).")] = 50,
+        gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute the LLM's activations in the "
+                                                                   "backward pass (memory for time).")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
         cfg = None if init else _config(preset, config)
         train_stage(stage, data, out, config=cfg, init=init, steps=steps, batch_size=batch_size, lr=lr,
-                    grad_accum=grad_accum, seed=seed, max_steps=max_steps)
+                    grad_accum=grad_accum, seed=seed, max_steps=max_steps, save_every=save_every,
+                    gradient_checkpointing=gradient_checkpointing)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",
