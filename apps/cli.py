@@ -270,38 +270,65 @@ def train_tiny_encoder_cmd(
 def train_tiny_decoders_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, image/, video/).")],
-    vae_steps: int = 1500, image_steps: int = 3000, video_steps: int = 2000, batch_size: int = 32,
-    video_batch_size: int = 8, seed: int = 0,
+    vae_steps: int = 1500, image_steps: int = 900, video_steps: int = 2000, batch_size: int = 64,
+    video_batch_size: int = 16, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
-    parts: Annotated[str, typer.Option(help="Which decoders after the shared VAE: image, video or both "
-                                            "(two processes can split them once the VAE is done).")] = "image,video",
+    parts: Annotated[str, typer.Option(help="Which decoders: image, video or both.")] = "image,video",
+    init_vae: Annotated[str, typer.Option(help="Decoder folder whose VAE to reuse, or 'none' to train one "
+                                               "first (--vae-steps).")] = "anygpt:tiny/image",
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
-    """Latent-diffusion training of the tiny image and video decoders (shared VAE)."""
+    """Latent-diffusion training of the tiny image and video decoders (shared VAE, frozen MiniLM text)."""
     from anygpt.train.tiny_decoders import train_tiny_image_and_video
 
     train_tiny_image_and_video(data, out, vae_steps=vae_steps, image_steps=image_steps, video_steps=video_steps,
                                batch_size=batch_size, video_batch_size=video_batch_size, seed=seed,
-                               max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device)
+                               max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device,
+                               init_vae=None if init_vae == "none" else init_vae)
 
 
 @_command(train_app, "tiny-audio")
 def train_tiny_audio_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, audio/).")],
-    vae_steps: int = 600, vocoder_steps: int = 1500, unet_steps: int = 2500, batch_size: int = 16, seed: int = 0,
+    vae_steps: int = 600, unet_steps: int = 1500, batch_size: int = 32, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
-    parts: Annotated[str, typer.Option(help="What to train: vae, vocoder, unet (comma-separated; "
-                                            "a subset needs --init).")] = "vae,vocoder,unet",
+    parts: Annotated[str, typer.Option(help="What to train: vae, unet (comma-separated; "
+                                            "a subset needs --init).")] = "vae,unet",
     init: Annotated[Optional[str], typer.Option(help="Start from a trained decoder folder, e.g. anygpt:tiny/audio.")] = None,
 ) -> None:
-    """Train the tiny AudioLDM: mel VAE, HiFi-GAN vocoder, CLAP-conditioned UNet."""
+    """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio
 
-    train_tiny_audio(data, out, vae_steps=vae_steps, vocoder_steps=vocoder_steps, unet_steps=unet_steps,
-                     batch_size=batch_size, seed=seed, max_steps=max_steps, device=device,
-                     parts=tuple(p for p in parts.split(",") if p), init=init)
+    train_tiny_audio(data, out, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size, seed=seed,
+                     max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init)
+
+
+@_command(train_app, "projectors")
+def train_projectors_cmd(
+    init: Annotated[Path, typer.Option(help="The model folder (save_pretrained) whose projectors to refit.")],
+    dialogs: Annotated[Path, typer.Option(help="Toy-world dialogs.jsonl (the requests for outputs).")],
+    out: Annotated[Path, typer.Option(help="Run folder (cached states, model/, realign.json).")],
+    decoder: Annotated[Optional[list[str]], typer.Option(help="MODALITY=FOLDER: move to this decoder first "
+                                                                "(repeat), e.g. image=anygpt:tiny/image.")] = None,
+    modalities: Annotated[str, typer.Option(help="Projectors to fit (comma-separated; default: all).")] = "",
+    manifest: Annotated[Optional[Path], typer.Option(help="Also stage 2's requests for this manifest's captions.")] = None,
+    per_modality: int = 500, limit: Optional[int] = None, steps: int = 3000, batch_size: int = 64,
+    lr: float = 1e-3, contrastive_weight: float = 0.1, pad_weight: float = 1.0, seed: int = 0,
+) -> None:
+    """Refit the output projectors on cached LLM states (masked MSE + InfoNCE: cannot collapse)."""
+    from anygpt.train.realign import realign_projectors
+
+    moves = {}
+    for item in decoder or []:
+        modality, sep, folder = item.partition("=")
+        if not sep or not folder:
+            raise ValueError(f"--decoder takes MODALITY=FOLDER, got {item!r}")
+        moves[modality] = folder
+    realign_projectors(init, dialogs, out, decoders=moves, modalities=tuple(m for m in modalities.split(",") if m) or None,
+                       steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
+                       pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality)
 
 
 @_command(train_app, "export-tiny")

@@ -155,3 +155,27 @@ def test_cut_short_keeps_the_start_of_the_sound():
     half = cut_short(x, torch.tensor([0.5]))
     assert sound_frames(half) == frames // 2 and torch.equal(half[..., :frames // 2], x[..., :frames // 2])
     assert torch.equal(cut_short(x, torch.tensor([1.0])), x)
+
+
+def test_projectors_refit_on_cached_states_and_move_to_a_new_decoder(tiny_backbone_config, toy_data, tmp_path):
+    """`anygpt train projectors`: the LLM runs once (states cached in the run folder), a projector whose
+    decoder takes another shape is rebuilt for it, and the saved model loads with the new decoder."""
+    from anygpt.train.realign import realign_projectors
+    from decoders import ImageDecoder
+
+    AnyGPT.from_config(tiny_backbone_config).save_pretrained(tmp_path / "init")
+    ImageDecoder.tiny(seed=1).save_pretrained(tmp_path / "clip-image")  # 77x32, where the config says 16x384
+    report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run",
+                                decoders={"image": str(tmp_path / "clip-image")}, steps=4, batch_size=4,
+                                heldout_fraction=0.3)
+    assert report["rebuilt"] == ["image"] and "image" in report["modalities"]
+    assert (tmp_path / "run" / "states-image.safetensors").is_file()
+    for figures in report["modalities"].values():
+        assert 0 <= figures["heldout_after"]["top1"] <= 1 and figures["final"]["step"] == 4
+    app = AnyGPT.from_pretrained(tmp_path / "run" / "model")
+    projector = app.model.output_projectors["image"]
+    assert (projector.tokens, projector.out_dim) == (77, 32) and app.decoder("image").conditioning.shape == (77, 32)
+    again = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run",
+                               decoders={"image": str(tmp_path / "clip-image")}, steps=2, batch_size=4,
+                               heldout_fraction=0.3)  # a re-run reads the cached states
+    assert again["modalities"].keys() == report["modalities"].keys()

@@ -1,0 +1,129 @@
+"""Refit the output projectors on cached LLM states, against the decoders they feed (README, "Training").
+
+Stages 2-3 train the signal-token rows and LoRA that make the LLM ask for a picture, a sound or a
+clip. Once those are trained, the LLM's last-layer states at the signal tokens of a conversation no
+longer change, so the output projectors can be fitted on those states alone: the LLM runs once over
+the training dialogs (`collect_signal_states`, through the model's one forward), and each projector
+then trains for thousands of steps in minutes on a CPU with the loss that cannot collapse
+(`alignment_loss`: MSE over the caption's real tokens + InfoNCE across the batch).
+
+This is also how a model moves to new decoders: `decoders` names the new folders, and a projector
+whose decoder takes another conditioning shape is rebuilt for it before it is fitted. The stage
+reports, per modality, the conditioning retrieval of held-out captions (dialogs whose caption no
+training dialog asks for) before and after, so a collapse shows at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anygpt.config import resolve_path
+from anygpt.data.dialogs import read_dialogs
+from anygpt.data.manifest import read_manifest
+from anygpt.pipeline import AnyGPT
+from anygpt.projectors import OutputProjector
+from anygpt.train.alignment import ProjectorCache, cache_retrieval, collect_signal_states, train_projector
+from anygpt.train.loop import console
+from anygpt.train.stages import stage2_samples, stage3_samples
+
+
+def use_decoder(app: AnyGPT, modality: str, path: str) -> bool:
+    """Point `app` at another decoder folder for `modality`; rebuild its output projector when the
+    conditioning shape changes. True when the projector was rebuilt (it must then be trained)."""
+    from decoders import DECODERS
+
+    decoder = DECODERS[modality].from_pretrained(resolve_path(path), torch_dtype=torch.float32)
+    shape = tuple(decoder.conditioning.shape)
+    settings = app.config.decoders[modality].model_copy(update={"path": path, "conditioning": shape})
+    app.config = app.config.model_copy(update={"decoders": {**app.config.decoders, modality: settings}})
+    app.model.config = app.config
+    app.unload_decoder(modality)
+    old = app.model.output_projectors[modality]
+    if (old.tokens, old.out_dim) == shape:
+        return False
+    p = app.config.projector
+    app.model.output_projectors[modality] = OutputProjector(
+        app.model.llm.config.hidden_size, shape[0], shape[1], d_model=p.d_model, heads=p.heads,
+        encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers, feedforward=p.feedforward)
+    return True
+
+
+def split_by_caption(cache: ProjectorCache, heldout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (train, held-out): held-out rows ask for captions that no training row asks for."""
+    rng = np.random.default_rng(seed)
+    captions = rng.permutation(len(cache.captions))
+    heldout = set(captions[:max(1, int(round(heldout_fraction * len(captions))))].tolist())
+    is_heldout = torch.tensor([int(k) in heldout for k in cache.index])
+    return torch.nonzero(~is_heldout)[:, 0], torch.nonzero(is_heldout)[:, 0]
+
+
+def subset(cache: ProjectorCache, rows: torch.Tensor) -> ProjectorCache:
+    embeds = cache.input_embeds if cache.input_embeds.dim() == 2 else cache.input_embeds[rows]
+    return ProjectorCache(hidden=cache.hidden[rows], input_embeds=embeds, index=cache.index[rows],
+                          targets=cache.targets, masks=cache.masks, captions=cache.captions)
+
+
+def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *,
+                       decoders: dict[str, str] | None = None, modalities: tuple[str, ...] | None = None,
+                       steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                       contrastive_weight: float = 0.1, pad_weight: float = 1.0, heldout_fraction: float = 0.1,
+                       limit: int | None = None, manifest: str | Path | None = None,
+                       per_modality: int = 500) -> dict:
+    """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
+
+    `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
+    `modalities`: which projectors to fit (default: every output modality of the dialogs). The cached
+    states are kept in out/ (one file per modality), so a re-run skips the LLM pass. `manifest` adds
+    stage 2's requests ("draw {caption}" -> signal tokens) for up to `per_modality` of its captions per
+    output modality: the toy world's many wordings, where the dialogs have one per attribute pair."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    app = AnyGPT.from_pretrained(init)
+    rebuilt = [m for m, path in (decoders or {}).items() if use_decoder(app, m, path)]
+    samples = [s for s in stage3_samples(app.model, read_dialogs(dialogs)) if s.outputs]
+    samples = samples[:limit] if limit else samples
+    if manifest is not None:
+        examples = read_manifest(manifest, check_files=False)
+        chosen = [e for m in sorted({e["modality"] for e in examples})
+                  for e in [x for x in examples if x["modality"] == m][:per_modality]]
+        samples += stage2_samples(app.model, chosen, np.random.default_rng(seed))
+    wanted = tuple(modalities or sorted({m for s in samples for m, _ in s.outputs}))
+    samples = [s for s in samples if any(m in wanted for m, _ in s.outputs)]
+    caches = {m: ProjectorCache.load(out / f"states-{m}.safetensors") for m in wanted
+              if (out / f"states-{m}.safetensors").is_file()}
+    missing = [m for m in wanted if m not in caches]
+    if missing:
+        console.print(f"collecting signal states of {len(samples)} dialogs for {', '.join(missing)}")
+        fresh = collect_signal_states(app, samples, batch_size=16, modalities=missing)
+        for m, cache in fresh.items():
+            cache.save(out / f"states-{m}.safetensors")
+        caches |= fresh
+    report = {"init": str(init), "decoders": decoders or {}, "rebuilt": rebuilt, "steps": steps,
+              "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
+              "pad_weight": pad_weight, "samples": len(samples), "modalities": {}}
+    for m in wanted:
+        cache = caches[m]
+        train_rows, heldout_rows = split_by_caption(cache, heldout_fraction, seed)
+        projector = app.model.output_projectors[m]
+        before = cache_retrieval(projector, cache, heldout_rows)
+        torch.manual_seed(seed)
+        history = train_projector(projector, subset(cache, train_rows), steps=steps, batch_size=batch_size, lr=lr,
+                                  seed=seed, contrastive_weight=contrastive_weight, pad_weight=pad_weight,
+                                  log_every=250,
+                                  on_log=lambda step, logs, m=m: console.print(
+                                      f"{m} projector step {step}/{steps} " +
+                                      " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "step")))
+        after = cache_retrieval(projector, cache, heldout_rows)
+        report["modalities"][m] = {"runs": len(cache), "captions": len(cache.captions),
+                                   "heldout_runs": len(heldout_rows), "heldout_before": before,
+                                   "heldout_after": after, "final": history[-1]}
+        console.print(f"{m}: held-out retrieval top-1 {before['top1']:.3f} -> {after['top1']:.3f}, "
+                      f"spread {before['spread']:.3f} -> {after['spread']:.3f}")
+    app.trained = True
+    app.save_pretrained(out / "model")
+    (out / "realign.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
