@@ -311,6 +311,10 @@ def _load_trainable(module: torch.nn.Module):
     return hook
 
 
+def _is_deepspeed(accelerator) -> bool:
+    return getattr(accelerator.distributed_type, "value", None) == "DEEPSPEED"
+
+
 def _save_checkpoint(accelerator, folder: Path, step: int,
                      extra_state: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
     """Every process: Accelerate's state (trained tensors, optimizer, RNG) in a temporary folder, then
@@ -320,7 +324,8 @@ def _save_checkpoint(accelerator, folder: Path, step: int,
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    deepspeed = _is_deepspeed(accelerator)  # DeepSpeed writes its own files: keep the frozen weights out
+    accelerator.save_state(str(tmp), **({"exclude_frozen_parameters": True} if deepspeed else {}))
     if main:
         if extra_state is not None:
             extra = extra_state()
@@ -344,7 +349,9 @@ def _resume(accelerator, folder: Path, module: torch.nn.Module, optimizer,
         if not (old / "state.json").is_file():
             return 0
         folder = old
-    if (folder / "optimizer.bin").is_file():
+    if _is_deepspeed(accelerator):
+        accelerator.load_state(str(folder), load_module_strict=False)
+    elif (folder / "optimizer.bin").is_file():
         accelerator.load_state(str(folder))
     else:  # the loop's own layout before Accelerate: the optimizer in optimizer.pt
         _load_into(module, load_file(folder / "trainable.safetensors"), folder)
