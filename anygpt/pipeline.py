@@ -262,10 +262,8 @@ class AnyGPT:
         # 2. encode media (every turn's; the encoder caches by content, so earlier turns cost nothing)
         with torch.inference_mode():
             t = time.perf_counter()
-            try:
+            with part_errors("", loading=False):
                 inputs_embeds = self.model.prepare_inputs_labels([turns]).inputs_embeds
-            except MediaError as e:
-                raise InputError(str(e)) from None
             trace.timings["encode"] = time.perf_counter() - t
         return _Plan(opts, turns, trace, inputs_embeds)
 

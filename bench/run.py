@@ -256,7 +256,7 @@ def main() -> None:
                       f"{row['reload_ratio']:.1f}x", f"{row.get('encode_s', 0):.2f}", f"{row.get('llm_s', 0):.2f}",
                       f"{row.get('project_s', 0):.2f}", f"{decode:.2f}", f"{row['raw_components_s']:.2f}",
                       f"{row['overhead_pct']:.1f}%")
-    console = Console()
+    console = Console(width=max(150, Console().width))  # ten columns: do not squeeze them into 80
     console.print(table)
     for name, row in results["requests"].items():  # one line each, for scripts
         print(f"overhead {name}: {row['overhead_pct']:+.1f}%")
