@@ -49,6 +49,31 @@ def _env_rank() -> int:
 console = Console(stderr=True, quiet=_env_rank() != 0)  # rank 0 prints
 
 
+def _quiet_libraries() -> None:
+    """The other processes leave the libraries' progress bars and warnings to rank 0 as well."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        import diffusers
+
+        diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+if _env_rank() != 0:
+    _quiet_libraries()
+
+
 @dataclass
 class LoopSettings:
     steps: int
