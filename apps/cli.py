@@ -315,7 +315,7 @@ def train_projectors_cmd(
     modalities: Annotated[str, typer.Option(help="Projectors to fit (comma-separated; default: all).")] = "",
     manifest: Annotated[Optional[Path], typer.Option(help="Also stage 2's requests for this manifest's captions.")] = None,
     per_modality: int = 500, limit: Optional[int] = None, steps: int = 3000, batch_size: int = 64,
-    lr: float = 1e-3, contrastive_weight: float = 0.1, pad_weight: float = 1.0, seed: int = 0,
+    lr: float = 1e-3, contrastive_weight: float = 0.1, pad_weight: float = 0.0, seed: int = 0,
 ) -> None:
     """Refit the output projectors on cached LLM states (masked MSE + InfoNCE: cannot collapse)."""
     from anygpt.train.realign import realign_projectors

@@ -16,9 +16,13 @@ RUNS=$W/runs
 $CLI train stage1 --data "$DATA/manifest.jsonl" --out "$RUNS/stage1" --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3
 $CLI train stage2 --data "$DATA/manifest.jsonl" --init "$RUNS/stage1/model" --out "$RUNS/stage2" --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3
 $CLI train stage3 --data "$DATA/dialogs.jsonl" --init "$RUNS/stage2/model" --out "$RUNS/stage3" --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4
-$CLI train export-tiny model --source "$RUNS/stage3/model" --data "$DATA" \
+# The output projectors, refit on cached LLM states against the decoders (cannot collapse; README)
+$CLI train projectors --init "$RUNS/stage3/model" --dialogs "$DATA/dialogs.jsonl" --out "$RUNS/projectors" \
+  --limit 900 --steps 3000
+$CLI train export-tiny model --source "$RUNS/projectors/model" --data "$DATA" \
   --command "anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000" \
   --command "anygpt train stage1 --data $DATA/manifest.jsonl --out $RUNS/stage1 --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3" \
   --command "anygpt train stage2 --data $DATA/manifest.jsonl --init $RUNS/stage1/model --out $RUNS/stage2 --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3" \
-  --command "anygpt train stage3 --data $DATA/dialogs.jsonl --init $RUNS/stage2/model --out $RUNS/stage3 --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4"
+  --command "anygpt train stage3 --data $DATA/dialogs.jsonl --init $RUNS/stage2/model --out $RUNS/stage3 --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4" \
+  --command "anygpt train projectors --init $RUNS/stage3/model --dialogs $DATA/dialogs.jsonl --out $RUNS/projectors --limit 900 --steps 3000"
 $CLI eval --preset tiny --part llm --json

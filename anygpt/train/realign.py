@@ -70,7 +70,7 @@ def subset(cache: ProjectorCache, rows: torch.Tensor) -> ProjectorCache:
 def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *,
                        decoders: dict[str, str] | None = None, modalities: tuple[str, ...] | None = None,
                        steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                       contrastive_weight: float = 0.1, pad_weight: float = 1.0, heldout_fraction: float = 0.1,
+                       contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
