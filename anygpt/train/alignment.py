@@ -8,8 +8,8 @@ a good answer to that loss, and the projectors learnt exactly that: one conditio
 request. `alignment_loss` fixes it twice over:
 
 - the MSE is averaged over the caption's real tokens (`caption_mask`), so padding cannot drown
-  out the words (padding may still be fitted, at its own average and weight, `pad_weight`,
-  because the decoder's cross-attention does read those positions);
+  out the words; padding is fitted as a term of its own (its own average, `pad_weight`), because
+  the decoder's cross-attention reads those positions too and, left free, they drift;
 - a symmetric InfoNCE term across the batch asks each prediction to be closer to its own target
   than to the other captions' and vice versa. A constant prediction scores log(B) there whatever
   it is, so collapse is never a minimum. The conditionings are centred on the targets' mean
@@ -17,6 +17,18 @@ request. `alignment_loss` fixes it twice over:
   0.95 alike) and compared flattened, position by position, as the decoder reads them (the
   masked mean over tokens loses word order: on the tiny SD encoder a held-out caption's pooled
   encoding finds its class among differently worded captions 40% of the time, flattened 100%).
+
+Measured (image, a fresh projector on 192 cached states of the shipped tiny LLM, targets from the
+MiniLM tiny decoder [16 x 384], 600 steps of batch 32; 48 held-out states; top-1 = nearest of the
+125 caption encodings is its own, L2; spread = pairwise distances over the targets'):
+
+    loss                                   held-out top-1  spread  real-token MSE  padding MSE
+    MSE over all positions (stages 2-3)         27%         0.48       -              -
+    MSE over real tokens only                   19%         0.63      0.081*          -
+    + InfoNCE 0.1                               69%         0.97      0.049*          -
+    + InfoNCE 1.0                               81%         1.04      0.061          0.195
+    + InfoNCE 1.0, padding at 0.5 (default)     98%         0.77      0.062          0.047
+    (* on the training batches)
 
 Training the projectors inside the stage loop costs one LLM forward per sample and step. Once
 the signal-token rows are trained (stage 2's LM loss), the LLM's last-layer states at the signal
@@ -105,8 +117,8 @@ def contrastive_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 
 def alignment_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
-                   mse_weight: float = 1.0, contrastive_weight: float = 0.1, temperature: float = 0.1,
-                   pad_weight: float = 0.0, pool: str = "flat", center: torch.Tensor | None = None,
+                   mse_weight: float = 1.0, contrastive_weight: float = 1.0, temperature: float = 0.1,
+                   pad_weight: float = 0.5, pool: str = "flat", center: torch.Tensor | None = None,
                    groups: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The output projectors' loss: masked MSE + a contrastive term (see the module for why).
 
