@@ -83,7 +83,8 @@ def legacy(tiny, tmp_path_factory):
     (root / "nextgpt_7b_tiva_v0").mkdir()
     torch.save(state, root / "nextgpt_7b_tiva_v0" / "pytorch_model.pt")
 
-    decoders = {m: d.model_copy(update={"path": None, "num_inference_steps": 2})
+    # the in-code tiny decoders (path None: a CLIP text encoder, conditioning as in OUTPUTS)
+    decoders = {m: d.model_copy(update={"path": None, "num_inference_steps": 2, "conditioning": OUTPUTS[m][1]})
                 for m, d in tiny_preset().decoders.items()}
     config = AnyGPTConfig(name="nextgpt-stand-in", llm=LLMConfig(path=str(root / "vicuna")),
                           encoder=EncoderSettings(kind="tiny"), decoders=decoders,
