@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from anygpt import AnyGPT
 from anygpt.data import toyworld
+from anygpt.model import Turn
 from anygpt.train.loop import mean_over_processes, shard
 from anygpt.train.stages import train_stage
 
@@ -72,12 +73,16 @@ def test_two_processes_give_the_loss_curve_of_one_and_resume_after_a_kill(tiny_b
 
     assert _curve(two) == pytest.approx(_curve(tmp_path / "one"), rel=1e-4, abs=1e-5)
     assert summary["losses"] == pytest.approx(one["losses"][2:], rel=1e-4, abs=1e-5)
-    a = load_file(tmp_path / "one" / "model" / "anygpt.safetensors")
-    b = load_file(two / "model" / "anygpt.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:  # Adam turns rounding into steps of the learning rate where a gradient is ~0 (an
-        diff = float((a[k] - b[k]).norm())  # attention's key bias): compare whole tensors, loosely
-        assert diff <= 1e-2 * float(a[k].norm()) + 1e-5, (k, diff, float(a[k].norm()))
+    # the models both runs saved answer alike (compared by what they compute: Adam turns rounding into
+    # steps of the learning rate where a gradient is ~0, e.g. an attention's key bias, which changes nothing)
+    outs = []
+    for run in (tmp_path / "one", two):
+        model = AnyGPT.from_pretrained(run / "model").model
+        conversation = [Turn("user", "play a low hum"), Turn("assistant", model.signal_string("audio"))]
+        with torch.no_grad():
+            outs.append(model([conversation]))
+    assert outs[0].loss.item() == pytest.approx(outs[1].loss.item(), rel=1e-4)
+    assert torch.allclose(outs[0].conditionings[0][0], outs[1].conditionings[0][0], atol=1e-4)
 
 
 def test_each_process_takes_its_slice_of_the_global_batch():
