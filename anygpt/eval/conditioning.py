@@ -40,10 +40,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from anygpt.config import OUTPUT_MODALITIES
 from anygpt.data import toyworld as tw
 from anygpt.eval.benchmark import EVAL_SEED
 
-OUTPUTS = ("image", "audio", "video")
 
 
 @dataclasses.dataclass
@@ -119,7 +119,7 @@ def eval_conditioning(app, n: int = 48, *, seed: int = EVAL_SEED, modalities: Se
     from anygpt.pipeline import ChatRequest
 
     if modalities is None:
-        modalities = [m for m in OUTPUTS if m in app.config.decoders]
+        modalities = [m for m in OUTPUT_MODALITIES if m in app.config.decoders]
     results = {}
     for m in modalities:
         cases = conditioning_cases(m, n, seed)
