@@ -57,17 +57,9 @@ from torch import nn
 
 def caption_mask(decoder: Any, captions: Sequence[str]) -> torch.Tensor:
     """[B, tokens] bool: the positions of `decoder.encode_text(captions)` that hold the caption's tokens
-    (BOS, words, EOS) rather than padding, from the pipeline's own tokenizer. A one-token conditioning
-    (AudioLDM's pooled CLAP embedding) is all real. The decoder's own `text_mask` when it has one."""
-    tokens = decoder.conditioning.tokens
-    if tokens == 1:
-        return torch.ones(len(captions), 1, dtype=torch.bool)
-    if hasattr(decoder, "text_mask"):
-        return decoder.text_mask(list(captions)).bool().cpu()
-    tokenizer = decoder.pipeline.tokenizer
-    encoded = tokenizer(list(captions), padding="max_length", max_length=tokens, truncation=True,
-                        return_tensors="pt")
-    return encoded.attention_mask.bool()
+    (BOS, words, EOS) rather than padding: the decoder's own `text_mask` (a one-token conditioning,
+    AudioLDM's pooled embedding, is all real)."""
+    return decoder.text_mask(list(captions)).bool().cpu()
 
 
 def same_target(target: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:

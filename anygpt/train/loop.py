@@ -164,6 +164,30 @@ def mean_over_processes(total: torch.Tensor, count: float | int | torch.Tensor) 
     return total * world / count.clamp_min(1).to(total.dtype)
 
 
+def gather_rows(x: torch.Tensor, *, differentiable: bool = False) -> torch.Tensor:
+    """Every process's rows of `x` (dim 0), concatenated in rank order, on every process: the whole
+    global batch, for a loss that compares rows with each other (a contrastive term's negatives).
+    Processes may hold different numbers of rows, none included. Gradients flow back to each process's
+    own rows when `differentiable` (torch.distributed.nn's all_gather sums them over processes; DDP's
+    average then gives the gradient of one process reading the whole batch). Alone: `x`."""
+    if not _distributed():
+        return x
+    world = torch.distributed.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    sizes = [int(n) for n in sizes]
+    padded = torch.cat([x, x.new_zeros(max(sizes) - len(x), *x.shape[1:])])
+    if differentiable and torch.is_grad_enabled():
+        from torch.distributed.nn.functional import all_gather
+
+        # every process must join the backward's collective, a process with no rows of its own too
+        parts = all_gather(padded if padded.requires_grad else padded.requires_grad_())
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
 class _LossModule(torch.nn.Module):
     """The module being trained with its loss as forward, so that the loss runs inside the wrapper
     Accelerate prepares (DDP's gradient hooks, FSDP's unsharding, autocast) whatever the loss calls."""

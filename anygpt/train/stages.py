@@ -2,8 +2,9 @@
 
 1. encoder-side alignment: X -> caption. Trains the input projector (LM loss on the caption).
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
-   projectors: LM loss on the signal tokens, plus the MSE between the projector output and the
-   decoder's own text encoding of the caption. Decoders stay frozen.
+   projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
+   decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
+   Decoders stay frozen.
 3. instruction tuning: mixed dialogs. LoRA on the LLM, plus projectors and signal-token rows.
 
 Every stage reads a manifest (stage 1-2: the toy world's, or any JSONL of path + caption; stage 3:
@@ -30,7 +31,8 @@ from anygpt.data.dialogs import MAKE, read_dialogs
 from anygpt.data.manifest import read_manifest
 from anygpt.model import AnyGPTModel, AnyGPTOutput, Turn
 from anygpt.pipeline import AnyGPT
-from anygpt.train.loop import LoopSettings, console, is_main_process, mean_over_processes, train
+from anygpt.train.alignment import alignment_loss, caption_mask
+from anygpt.train.loop import LoopSettings, console, gather_rows, is_main_process, mean_over_processes, train
 
 DESCRIBE = {"image": ["Describe this picture.", "What is in this image?", "Caption this image."],
             "audio": ["Describe this sound.", "What do you hear?", "Caption this audio clip."],
@@ -88,12 +90,10 @@ def tokenize_sample(model: AnyGPTModel, sample: Sample) -> tuple[torch.Tensor, t
     return torch.tensor(ids), torch.tensor(labels)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """pred, target [R, tokens, dim], mask [R, tokens] (1 where the target's token counts): each run's
-    MSE over its counted tokens, averaged over the runs."""
-    err = (pred - target.to(pred)).pow(2).mean(-1)
-    mask = mask.to(err)
-    return ((err * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean()
+def default_align_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked MSE over the caption's real tokens + InfoNCE across the batch (`alignment_loss`): a loss
+    a constant conditioning cannot minimise (an MSE over every position, padding included, was)."""
+    return alignment_loss(pred, target, mask)[0]
 
 
 AlignLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -111,7 +111,7 @@ class StageLoss:
     (the LM loss over its labelled tokens, the alignment over its runs) however the loop splits it
     between processes."""
 
-    def __init__(self, app: AnyGPT, mse_weight: float, align_loss: AlignLoss = masked_mse):
+    def __init__(self, app: AnyGPT, mse_weight: float, align_loss: AlignLoss = default_align_loss):
         self.model, self.app, self.align_weight, self.align_loss = app.model, app, mse_weight, align_loss
         self._targets: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -127,11 +127,12 @@ class StageLoss:
         return self._targets[key]
 
     def target_mask(self, modality: str, captions: list[str]) -> torch.Tensor:
-        """[R, tokens]: which target tokens the alignment counts (all of them)."""
-        return torch.ones(len(captions), self.target(modality, captions[0]).shape[0])
+        """[R, tokens]: the target positions that hold each caption's real tokens (the decoder's own)."""
+        return caption_mask(self.app.decoder(modality), captions)
 
     def alignment(self, batch: list[Sample], out: AnyGPTOutput) -> torch.Tensor:
-        """`align_loss` per output modality, averaged over all the runs of the global batch."""
+        """`align_loss` per output modality over all the runs of the global batch (gathered from every
+        process: the contrastive term's negatives are the whole batch's), averaged over those runs."""
         groups: dict[str, tuple[list[torch.Tensor], list[str]]] = {}
         for b, s in enumerate(batch):
             for run, pred, (modality, caption) in zip(out.runs[b], out.conditionings[b], s.outputs):
@@ -141,13 +142,20 @@ class StageLoss:
                 groups[modality][0].append(pred)
                 groups[modality][1].append(caption)
         total, count = out.loss_sum.new_zeros(()), 0
-        for modality, (preds, captions) in groups.items():
-            pred = torch.stack(preds)
-            target = torch.stack([self.target(modality, c) for c in captions]).to(pred.device)
-            mask = self.target_mask(modality, captions).to(pred.device)
-            total = total + self.align_loss(pred, target, mask) * len(preds)
-            count += len(preds)
-        return mean_over_processes(total, count)
+        for modality, projector in sorted(self.model.output_projectors.items()):  # the same order everywhere
+            preds, captions = groups.get(modality, ([], []))
+            if preds:
+                pred = torch.stack(preds)
+                target = torch.stack([self.target(modality, c) for c in captions]).to(pred)
+                mask = self.target_mask(modality, captions).to(pred)
+            else:
+                pred = target = out.loss_sum.new_zeros(0, projector.tokens, projector.out_dim)
+                mask = out.loss_sum.new_zeros(0, projector.tokens)
+            pred, target, mask = gather_rows(pred, differentiable=True), gather_rows(target), gather_rows(mask)
+            if len(pred):
+                total = total + self.align_loss(pred, target, mask.bool()) * len(pred)
+                count += len(pred)
+        return total / max(count, 1)
 
     def __call__(self, batch: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.model([s.turns for s in batch])

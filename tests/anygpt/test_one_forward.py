@@ -48,6 +48,7 @@ def test_inference_and_training_give_the_same_states_and_conditionings(tiny, mon
     loss = StageLoss(tiny, 1.0)
     target = torch.zeros_like(conditioning)
     monkeypatch.setattr(loss, "target", lambda m, caption: target)  # no decoder needed
+    monkeypatch.setattr(loss, "target_mask", lambda m, captions: torch.ones(len(captions), target.shape[0]))
     with torch.no_grad():
         total, logs = loss([Sample(history, [("image", "a red circle")])])
     assert logs["lm"] == pytest.approx(out.loss.item(), rel=1e-5)
