@@ -12,8 +12,11 @@ attribute views make the embedding compositional.
 
 A view also sees copies of part of the batch changed in what it does not name, so each attribute
 is recognised whatever the others are: grey images and clips for shape and direction (otherwise
-the encoder reads direction from colour on the held-out colour-direction pairs) and sounds cut
-short for their kind. (Sounds flattened across frequency for their length were tried: no gain.)
+the encoder reads direction from colour on the held-out colour-direction pairs); for sounds, copies
+cut shorter than any length class for their kind, and copies flattened across frequency for their
+length. In the toy world's training split each kind comes in one length only, so without them the
+encoder reads kind from length and length from kind. No change makes a held-out kind-length pair:
+a cut copy is neither short nor long, a flattened one has no kind.
 """
 
 from __future__ import annotations
@@ -48,22 +51,34 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     return x.mean(channels, keepdim=True).expand_as(x)
 
 
-def cut_short(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Audio fbanks [N, clips, 1, mel, time] with the sound ended after `keep` [N] (0-1) of its
-    frames; the rest becomes padding. Toy sounds are under 2.04 s, so the last frame is padding."""
+FBANK_FRAMES_PER_SECOND = 100  # ImageBind's audio fbank: 10-ms frame shift
+# Sounds cut short end within this range (seconds): below every length class of the toy world, so a
+# cut copy is never a held-out kind-length pair (that would leak them into training).
+CUT_SECONDS = (0.4, 0.95)
+
+
+def cut_short(x: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
+    """Audio fbanks [N, clips, 1, mel, time] with the sound ended after `seconds` [N] (or sooner if it
+    is shorter); the rest becomes padding. Toy sounds are under 2.04 s, so the last frame is padding."""
     pad = x[..., -1:]
     padded = (x == pad).all(-2)  # [N, clips, 1, time]
     sound = x.shape[-1] - padded.flip(-1).int().cumprod(-1).sum(-1, keepdim=True)
-    end = (sound * keep.view(-1, 1, 1, 1)).long()
+    end = torch.minimum(sound, (seconds * FBANK_FRAMES_PER_SECOND).long().view(-1, 1, 1, 1))
     kept = torch.arange(x.shape[-1]) < end  # [N, clips, 1, time]
     return torch.where(kept.unsqueeze(-2), x, pad)
+
+
+def flatten_spectrum(x: torch.Tensor) -> torch.Tensor:
+    """Audio fbanks with every frame's energy spread evenly over the mel bins: the envelope (and so the
+    length) stays, the kind (which bins, how they move) goes."""
+    return x.mean(-2, keepdim=True).expand_as(x)
 
 
 # For each view, a change to the item that keeps what the view names (applied to part of a batch).
 VIEW_CHANGES = {
     "image": {"shape": "grey"},
     "video": {"shape": "grey", "direction": "grey"},
-    "audio": {"kind": "cut"},
+    "audio": {"kind": "cut", "length": "flat"},
 }
 
 
@@ -72,7 +87,9 @@ def changed(name: str, x: torch.Tensor, rows: np.ndarray, rng: np.random.Generat
     if name == "grey":
         new = grey(x)
     elif name == "cut":
-        new = cut_short(x, torch.from_numpy(rng.uniform(0.45, 1.0, len(x))).float())
+        new = cut_short(x, torch.from_numpy(rng.uniform(*CUT_SECONDS, len(x))).float())
+    elif name == "flat":
+        new = flatten_spectrum(x)
     else:
         raise ValueError(f"unknown view change {name!r}")
     return torch.where(torch.from_numpy(rows).view(-1, *[1] * (x.dim() - 1)), new, x)

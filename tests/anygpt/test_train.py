@@ -137,24 +137,33 @@ def test_grey_copies_keep_the_layout_and_drop_the_colour():
         assert torch.allclose(g.select(channels, 1), x.mean(channels))
 
 
-def test_cut_short_keeps_the_start_of_the_sound():
+def test_audio_view_copies_keep_what_the_view_names_and_never_make_a_length_class():
+    """Cut copies (kind view) keep the start of the sound and end below every length class; flattened
+    copies (length view) keep the sound's frames and padding and lose the spectrum."""
     from anygpt.data import toyworld as tw
-    from anygpt.train.tiny_encoder import cut_short
+    from anygpt.train.tiny_encoder import CUT_SECONDS, cut_short, flatten_spectrum
     from encoders import ImageBindEncoder
 
+    assert CUT_SECONDS[1] < min(lo for lo, _ in tw.LENGTHS.values())  # a cut copy is neither short nor long
     encoder = ImageBindEncoder.tiny()
     spec = tw.sample("audio", tw.example_rng(5, "train", "audio", 0), "train", kind="falling sweep", length="long")
     x = encoder.prepare("audio", [tw.render(spec)])  # [1, clips, 1, mel, time]
     pad = x[0, 0, 0, :, -1]
 
     def sound_frames(fbank):  # frames before the padding starts
-        return int((~(fbank[0, 0, 0] == pad[:, None]).all(0)).nonzero().max()) + 1
+        return int((~(fbank[0, 0, 0] == fbank[0, 0, 0, :, -1:]).all(0)).nonzero().max()) + 1
 
     frames = sound_frames(x)
     assert abs(frames - spec.duration * 100) <= 2  # 10-ms frames
-    half = cut_short(x, torch.tensor([0.5]))
-    assert sound_frames(half) == frames // 2 and torch.equal(half[..., :frames // 2], x[..., :frames // 2])
-    assert torch.equal(cut_short(x, torch.tensor([1.0])), x)
+    cut = cut_short(x, torch.tensor([0.6]))
+    assert sound_frames(cut) == 60 and torch.equal(cut[..., :60], x[..., :60])
+    assert torch.equal(cut[0, 0, 0, :, 60:], pad[:, None].expand(-1, x.shape[-1] - 60))
+    assert torch.equal(cut_short(x, torch.tensor([3.0])), x)  # longer than the sound: unchanged
+
+    flat = flatten_spectrum(x)
+    assert flat.shape == x.shape and sound_frames(flat) == frames
+    assert torch.allclose(flat[0, 0, 0, 0], flat[0, 0, 0, -1]) and torch.allclose(flat[0, 0, 0, 0], x[0, 0, 0].mean(0))
+    assert x[0, 0, 0, :, :frames].std(0).mean() > 0.1  # the original has a spectrum to lose
 
 
 def test_projectors_refit_on_cached_states_and_move_to_a_new_decoder(tiny_backbone_config, toy_data, tmp_path):
