@@ -199,7 +199,8 @@ def evaluate(
     n: Annotated[int, typer.Option(help="Held-out examples per modality.")] = 48,
     steps: Annotated[int, typer.Option(help="Diffusion steps for the decoder figures.")] = 25,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    grid: Annotated[Optional[Path], typer.Option(help="Also save sample grids: GRID-image.png, GRID-video.png.")] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="Also save samples: GRID-image.png, GRID-video.png "
+                                                             "and GRID-audio.wav with its pitch track (GRID-audio.json).")] = None,
 ) -> None:
     """The held-out toy-world benchmark: retrieval recall@1 (encoder) or probe accuracy (decoders)."""
     import json
@@ -223,6 +224,8 @@ def evaluate(
                                                   **cfg.decoders[m].size_options())
                 if grid is not None and m in ("image", "video"):
                     benchmark.sample_grid(kept[:16] if m == "image" else kept[:6], f"{grid}-{m}.png")
+                elif grid is not None and m == "audio":
+                    benchmark.audio_sample(*kept[0], f"{grid}-audio")
     elif part == "llm":
         from anygpt.eval.conditioning import eval_conditioning
 

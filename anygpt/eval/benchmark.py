@@ -106,6 +106,22 @@ def sample_grid(samples: list[tuple[str, object]], path, columns: int = 8, scale
     grid.save(path)
 
 
+def audio_sample(caption: str, artifact, stem) -> dict:
+    """Save one generated sound as STEM.wav and what it holds as STEM.json: its caption, what the probe
+    reads and its measured pitch track (peak frequency every 0.1 s), so a README can describe it."""
+    import json
+    from pathlib import Path
+
+    from anygpt.eval import probes
+
+    stem = Path(stem)
+    artifact.save(stem.with_suffix(".wav"))
+    info = {"caption": caption, "probe": _probe(artifact, "audio"),
+            "pitch_track_hz": probes.pitch_track(artifact.waveform, artifact.sample_rate)}
+    stem.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
 def _labels_in(text: str, modality: str) -> dict[str, str]:
     """The attribute values a caption or reply names (longest match first: "rising sweep" before "sweep")."""
     text = text.lower()

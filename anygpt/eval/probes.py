@@ -300,6 +300,24 @@ def probe_audio(wave: np.ndarray, sample_rate: int) -> dict[str, str]:
     return {"kind": kind, "length": length}
 
 
+def pitch_track(wave: np.ndarray, sample_rate: int, step: float = 0.1) -> list[tuple[float, float | None]]:
+    """(time s, peak frequency Hz) every `step` seconds over the sound: the strongest bin of a 50-ms
+    Hann window, None where the window is below a tenth of the loudest's level. For describing a
+    sample in words ("a tone falling from 2.1 kHz to 600 Hz"), not for judging it (`probe_audio`)."""
+    x = np.asarray(wave, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"pitch_track takes a mono wave [T], got shape {list(x.shape)}")
+    frame, hop = int(0.05 * sample_rate), int(step * sample_rate)
+    if len(x) < frame:
+        return []
+    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    n_fft = 1 << int(np.ceil(np.log2(4 * frame)))
+    peaks = np.fft.rfftfreq(n_fft, 1 / sample_rate)[np.abs(np.fft.rfft(frames * np.hanning(frame), n_fft)).argmax(1)]
+    loud = rms > 0.1 * max(rms.max(), 1e-12)
+    return [(round(i * step, 2), round(float(f)) if on else None) for i, (f, on) in enumerate(zip(peaks, loud))]
+
+
 # ---------------------------------------------------------------- text
 # Words that name each attribute value, for captions and for free-text replies ("a round red thing").
 _WORDS: dict[str, dict[str, str]] = {

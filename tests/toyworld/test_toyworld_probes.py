@@ -170,3 +170,15 @@ def test_probe_text_on_free_replies():
     assert probe_text("a square far away", "depth") == {"shape": "square", "distance": "far"}
     assert probe_text("nothing here", "image") == {"color": None, "shape": None}
     assert probe_text("a background", "image")["shape"] is None  # whole words only
+
+
+def test_pitch_track_follows_a_falling_sweep_and_marks_silence():
+    from anygpt.eval.probes import pitch_track
+
+    spec = tw.sample("audio", tw.example_rng(3, "train", "audio", 0), "train", kind="falling sweep", length="long")
+    wave = np.concatenate([tw.render(spec), np.zeros(tw.SAMPLE_RATE // 2, dtype=np.float32)])
+    track = pitch_track(wave, tw.SAMPLE_RATE)
+    heard = [f for _, f in track if f is not None]
+    assert len(heard) >= 8 and heard[0] > 1.5 * heard[-1]  # it falls
+    assert abs(heard[0] - spec.f0) < 0.15 * spec.f0  # and starts where the sweep starts
+    assert track[-1][1] is None  # the half second of silence at the end
