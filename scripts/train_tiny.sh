@@ -10,6 +10,8 @@
 # the last checkpoints. The parts
 # train side by side (encoder | VAE -> image | VAE -> video | audio), which suits one GPU; on a
 # 2-core CPU the whole recipe takes hours (see README).
+# On a CPU, give each of the parallel jobs its share of the cores (OMP_NUM_THREADS=1 each on 2
+# cores): two jobs of 2 threads on 2 cores made each step 5-7x slower here.
 set -euo pipefail
 W=${1:-data/tiny}
 PY=${PY:-python3}
@@ -22,13 +24,13 @@ LOGS=${LOGS:-$W/logs}
 mkdir -p "$RUNS" "$LOGS"
 
 MAKE_DATA="anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000"
-ENC="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder --steps 1500 --batch-size 48 --per-modality 1000 --seed 0"
+ENC="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder --steps 700 --batch-size 32 --per-modality 1000 --seed 0"
 VAE_STEPS=1500
 # The image and video UNets condition on the frozen MiniLM and train on cached latents (README); from
 # nothing they first train the shared VAE (--init-vae none); the shipped image run reused the shipped VAE.
 IMG="anygpt train tiny-decoders --data $DATA/manifest.jsonl --out $RUNS/decoders --parts image --init-vae none --vae-steps $VAE_STEPS --image-steps 900 --batch-size 64 --seed 0"
 VID="anygpt train tiny-decoders --data $DATA/manifest.jsonl --out $RUNS/decoders --parts video --init-vae none --vae-steps $VAE_STEPS --video-steps 2000 --video-batch-size 16 --seed 0"
-AUD="anygpt train tiny-audio --data $DATA/manifest.jsonl --out $RUNS/audio --vae-steps 400 --unet-steps 1200 --batch-size 16 --seed 0"
+AUD="anygpt train tiny-audio --data $DATA/manifest.jsonl --out $RUNS/audio --vae-steps 600 --unet-steps 1000 --batch-size 32 --seed 0"
 
 run() { # run "ANYGPT COMMAND" LOG: the recorded command, with this machine's python and device
   local cmd=$1 log=$2

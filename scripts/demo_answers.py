@@ -1,0 +1,38 @@
+"""Ask the tiny preset a few requests, as the web demo does, and draw its answers side by side.
+
+    python scripts/demo_answers.py docs/demo-answers.png "Draw a blue triangle, please." "Draw a red circle."
+
+The demo calls the same `AnyGPT.chat`; this makes the README's picture of it reproducible.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from PIL import Image, ImageDraw
+
+from anygpt import AnyGPT
+
+
+def main(out: str, prompts: list[str], tile: int = 192) -> None:
+    model = AnyGPT.from_preset("tiny")
+    width = 300
+    canvas = Image.new("RGB", (width * len(prompts), tile + 48), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, prompt in enumerate(prompts):
+        reply = model.chat(prompt)
+        x = i * width
+        draw.text((x + 6, 4), f"you: {prompt}", fill=(0, 0, 0))
+        draw.text((x + 6, 20), f"anygpt: {reply.text}"[:60], fill=(0, 0, 128))
+        if reply.images:
+            picture = reply.images[0].image.convert("RGB").resize((tile, tile), Image.NEAREST)
+            canvas.paste(picture, (x + (width - tile) // 2, 44))
+        print(f"{prompt!r} -> {reply.text!r}, {len(reply.images)} image(s)")
+    canvas.save(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
