@@ -294,7 +294,9 @@ def train_tiny_decoders_cmd(
 def train_tiny_audio_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, audio/).")],
-    vae_steps: int = 600, unet_steps: int = 1500, batch_size: int = 32, seed: int = 0,
+    vae_steps: int = 600,
+    vae_decoder_steps: Annotated[int, typer.Option(help="Then the VAE's decoder alone on whole spectrograms.")] = 150,
+    unet_steps: int = 1000, batch_size: int = 32, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
     parts: Annotated[str, typer.Option(help="What to train: vae, unet (comma-separated; "
@@ -304,7 +306,8 @@ def train_tiny_audio_cmd(
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio
 
-    train_tiny_audio(data, out, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size, seed=seed,
+    train_tiny_audio(data, out, vae_steps=vae_steps, vae_decoder_steps=vae_decoder_steps, unet_steps=unet_steps,
+                     batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init)
 
 

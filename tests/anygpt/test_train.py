@@ -96,8 +96,9 @@ def test_tiny_audio_training_smoke(toy_data, tmp_path):
     from anygpt.train.tiny_decoders import train_tiny_audio
     from decoders import AudioDecoder
 
-    summary = train_tiny_audio(toy_data / "manifest.jsonl", tmp_path, vae_steps=1, unet_steps=1, batch_size=2)
-    assert set(summary) == {"vae", "unet"}
+    summary = train_tiny_audio(toy_data / "manifest.jsonl", tmp_path, vae_steps=1, vae_decoder_steps=2,
+                               unet_steps=1, batch_size=2)
+    assert set(summary) == {"vae", "vae-decoder", "unet"} and summary["vae-decoder"]["steps"] == 2
     decoder = AudioDecoder.from_pretrained(tmp_path / "audio")
     assert decoder.conditioning.shape == (1, 384) and type(decoder.pipeline.vocoder).__name__ == "GriffinLimVocoder"
 
