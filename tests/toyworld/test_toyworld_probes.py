@@ -182,3 +182,21 @@ def test_pitch_track_follows_a_falling_sweep_and_marks_silence():
     assert len(heard) >= 8 and heard[0] > 1.5 * heard[-1]  # it falls
     assert abs(heard[0] - spec.f0) < 0.15 * spec.f0  # and starts where the sweep starts
     assert track[-1][1] is None  # the half second of silence at the end
+
+
+def test_audio_sample_writes_the_sound_and_what_it_holds(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    from anygpt.eval.benchmark import audio_sample
+    from decoders.media import AudioArtifact
+
+    spec = tw.sample("audio", tw.example_rng(4, "train", "audio", 0), "train", kind="high tone")
+    info = audio_sample("a high tone", AudioArtifact(tw.render(spec), tw.SAMPLE_RATE), tmp_path / "sample")
+    wave, sr = sf.read(tmp_path / "sample.wav")
+    assert sr == tw.SAMPLE_RATE and abs(len(wave) / sr - spec.duration) < 0.01
+    saved = json.loads((tmp_path / "sample.json").read_text())
+    assert saved["probe"]["kind"] == info["probe"]["kind"] == "high tone"
+    heard = [f for _, f in saved["pitch_track_hz"] if f is not None]
+    assert heard and all(abs(f - spec.f0) < 0.05 * spec.f0 for f in heard)
