@@ -11,7 +11,7 @@
 # train side by side (encoder | VAE -> image | VAE -> video | audio), which suits one GPU; on a
 # 2-core CPU the whole recipe takes hours (see README).
 # On a CPU, give each of the parallel jobs its share of the cores (OMP_NUM_THREADS=1 each on 2
-# cores): two jobs of 2 threads on 2 cores made each step 5-7x slower here.
+# cores): a 2-thread job beside a 1-thread one on 2 cores took 7-10x longer a step here.
 set -euo pipefail
 W=${1:-data/tiny}
 PY=${PY:-python3}

@@ -313,6 +313,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         specs = torch.cat([pipe.vocoder.spectrogram(waves[i:i + 256]) for i in range(0, len(waves), 256)])
     summaries = {}
     if "vae" in parts:
+        # smaller batches than the UNet's: the windows' VAE steps, and the whole-clip decoder pass, cost more a row
         summaries["vae"] = train_vae(pipe.vae, specs[:, None], out / "audio-vae", steps=vae_steps,
                                      batch_size=min(batch_size, 16), seed=seed, max_steps=max_steps, device=device,
                                      crop=VAE_CROP_FRAMES)
