@@ -319,7 +319,7 @@ def train_projectors_cmd(
     decoder: Annotated[Optional[list[str]], typer.Option(help="MODALITY=FOLDER: move to this decoder first "
                                                                 "(repeat), e.g. image=anygpt:tiny/image.")] = None,
     modalities: Annotated[str, typer.Option(help="Projectors to fit (comma-separated; default: all).")] = "",
-    manifest: Annotated[Optional[Path], typer.Option(help="Also stage 2's requests for this manifest's captions.")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(help="Also a request (and reply) for each of this manifest's captions (--per-modality of each).")] = None,
     per_modality: int = 500, limit: Optional[int] = None, steps: int = 3000, batch_size: int = 64,
     lr: float = 1e-3, contrastive_weight: float = 0.1, pad_weight: float = 0.0, seed: int = 0,
 ) -> None:

@@ -164,6 +164,20 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
     return {"kind": kind, "turns": turns, "expect": {"outputs": ["image"], "answer": expected, "about": modality}}
 
 
+def request_dialog(rng: np.random.Generator, example: dict, split: str = "train") -> dict:
+    """A one-output "make" dialog for a manifest example: the user asks for the example's own caption
+    (the toy world's many wordings; `make_dialog` words every request "a {colour} {shape}"), the
+    assistant replies as in the dialogs and makes it. For fitting output projectors on the states the
+    LLM has at inference, where the reply text comes before the signal tokens."""
+    m = example["modality"]
+    labels = {k: v for k, v in example["attributes"].items() if k in tw.LABELS[m]}
+    text = _pick(rng, MAKE[m][split]).format(desc=example["caption"])
+    reply = _pick(rng, REPLY[m]).format(desc=_describe(labels, m))
+    turns = [{"role": "user", "text": text, "media": []},
+             {"role": "assistant", "text": reply, "outputs": [{"modality": m, "caption": example["caption"]}]}]
+    return {"kind": "make", "turns": turns, "expect": {"outputs": [m], "answer": {}}}
+
+
 def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train",
                  mix: dict[str, float] | None = None) -> Path:
     """Write `dialogs.jsonl` beside a toy-world manifest, attaching that dataset's files."""

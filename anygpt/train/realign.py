@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from anygpt.config import resolve_path
-from anygpt.data.dialogs import read_dialogs
+from anygpt.data.dialogs import read_dialogs, request_dialog
 from anygpt.data.manifest import read_manifest
 from anygpt.pipeline import AnyGPT
 from anygpt.projectors import OutputProjector
 from anygpt.train.alignment import ProjectorCache, cache_retrieval, collect_signal_states, train_projector
 from anygpt.train.loop import console
-from anygpt.train.stages import stage2_samples, stage3_samples
+from anygpt.train.stages import stage3_samples
 
 
 def use_decoder(app: AnyGPT, modality: str, path: str) -> bool:
@@ -78,8 +78,10 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
     `modalities`: which projectors to fit (default: every output modality of the dialogs). The cached
     states are kept in out/ (one file per modality), so a re-run skips the LLM pass. `manifest` adds
-    stage 2's requests ("draw {caption}" -> signal tokens) for up to `per_modality` of its captions per
-    output modality: the toy world's many wordings, where the dialogs have one per attribute pair."""
+    a request for each of up to `per_modality` of its captions per output modality ("draw {caption}"
+    -> "Here is ..." and the signal tokens, `request_dialog`): the toy world's many wordings, where the
+    dialogs have one per attribute pair. (Stage 2's requests, answered by the signal tokens alone, put
+    the LLM in another state than its replies do at inference: with them, held-out retrieval fell.)"""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     app = AnyGPT.from_pretrained(init)
@@ -90,7 +92,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         examples = read_manifest(manifest, check_files=False)
         chosen = [e for m in sorted({e["modality"] for e in examples})
                   for e in [x for x in examples if x["modality"] == m][:per_modality]]
-        samples += stage2_samples(app.model, chosen, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        samples += stage3_samples(app.model, [request_dialog(rng, e) for e in chosen])
     wanted = tuple(modalities or sorted({m for s in samples for m, _ in s.outputs}))
     samples = [s for s in samples if any(m in wanted for m, _ in s.outputs)]
     caches = {m: ProjectorCache.load(out / f"states-{m}.safetensors") for m in wanted

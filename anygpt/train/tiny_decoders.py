@@ -274,7 +274,7 @@ def tiny_audio_decoder(seed: int = 0):
     from decoders import AudioDecoder
 
     return AudioDecoder.tiny(seed=seed, text_encoder="minilm", vocoder="griffinlim", mel_bins=SPECTROGRAM_BINS,
-                             seconds=AUDIO_SECONDS, channels=(32, 64, 64), vae_channels=(8, 16, 32),
+                             seconds=AUDIO_SECONDS, channels=(32, 64, 128), vae_channels=(8, 16, 32),
                              attention=False)
 
 

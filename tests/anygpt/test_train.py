@@ -37,6 +37,29 @@ def test_dialogs_render_with_signal_tokens_and_masked_labels(tiny, toy_data):
     assert not set(user_text) <= set(learned)
 
 
+def test_request_dialogs_ask_for_the_caption_and_reply_before_the_signal_tokens(tiny, toy_data):
+    """The refit's extra requests look like inference: the manifest caption asked for in a training
+    wording, a reply naming the attributes, then the signal tokens; the caption is the target."""
+    import numpy as np
+
+    from anygpt.data.dialogs import MAKE, request_dialog
+    from anygpt.data.manifest import read_manifest
+
+    examples = [e for e in read_manifest(toy_data / "manifest.jsonl", check_files=False) if e["modality"] == "image"]
+    rng = np.random.default_rng(0)
+    for e in examples:
+        dialog = request_dialog(rng, e)
+        user, reply = dialog["turns"]
+        assert e["caption"] in user["text"] and any(
+            user["text"] == ask.format(desc=e["caption"]) for ask in MAKE["image"]["train"])
+        assert e["attributes"]["color"] in reply["text"] and e["attributes"]["shape"] in reply["text"]
+        assert reply["outputs"] == [{"modality": "image", "caption": e["caption"]}]
+    sample = stage3_samples(tiny.model, [dialog])[0]
+    assert sample.outputs == [("image", examples[-1]["caption"])]
+    text = sample.turns[-1].text
+    assert text.startswith(reply["text"]) and text.endswith(tiny.model.signal_string("image"))
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stage_runs_loss_falls_and_resumes(tiny_backbone_config, toy_data, tmp_path, stage):
     data = toy_data / ("dialogs.jsonl" if stage == 3 else "manifest.jsonl")
