@@ -90,7 +90,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     samples = samples[:limit] if limit else samples
     if manifest is not None:
         examples = read_manifest(manifest, check_files=False)
-        chosen = [e for m in sorted({e["modality"] for e in examples})
+        chosen = [e for m in sorted({e["modality"] for e in examples} & set(app.model.output_projectors))
                   for e in [x for x in examples if x["modality"] == m][:per_modality]]
         rng = np.random.default_rng(seed)
         samples += stage3_samples(app.model, [request_dialog(rng, e) for e in chosen])

@@ -200,8 +200,11 @@ def test_projectors_refit_on_cached_states_and_move_to_a_new_decoder(tiny_backbo
     ImageDecoder.tiny(seed=1).save_pretrained(tmp_path / "clip-image")  # 77x32, where the config says 16x384
     report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run",
                                 decoders={"image": str(tmp_path / "clip-image")}, steps=4, batch_size=4,
-                                heldout_fraction=0.3)
+                                heldout_fraction=0.3, manifest=toy_data / "manifest.jsonl", per_modality=2)
     assert report["rebuilt"] == ["image"] and "image" in report["modalities"]
+    dialogs = read_dialogs(toy_data / "dialogs.jsonl")  # + 2 requests per output modality of the manifest
+    made = sum(1 for d in dialogs for t in d["turns"] if t.get("outputs"))
+    assert report["samples"] == made + 2 * 3
     assert (tmp_path / "run" / "states-image.safetensors").is_file()
     for figures in report["modalities"].values():
         assert 0 <= figures["heldout_after"]["top1"] <= 1 and figures["final"]["step"] == 4
