@@ -107,5 +107,11 @@ class AudioDecoder(Decoder):
             class_embed_type="simple_projection", projection_class_embeddings_input_dim=dim,
             class_embeddings_concat=True, **blocks,
         )
+        # The text embedding is unit-norm (CLAP's and MiniLM's alike): with nn.Linear's default init
+        # its projection starts several times weaker than the time embedding beside it, and a
+        # CPU-length run learnt to ignore it (every caption gave the same sound). Start it with
+        # unit-variance outputs for a unit-norm input instead.
+        torch.nn.init.normal_(unet.class_embedding.weight, std=1.0)
+        torch.nn.init.zeros_(unet.class_embedding.bias)
         return AudioLDMPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
                                 scheduler=_tiny.scheduler(), vocoder=voc)
