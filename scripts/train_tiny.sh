@@ -30,7 +30,7 @@ VAE_STEPS=1500
 # nothing they first train the shared VAE (--init-vae none); the shipped image run reused the shipped VAE.
 IMG="anygpt train tiny-decoders --data $DATA/manifest.jsonl --out $RUNS/decoders --parts image --init-vae none --vae-steps $VAE_STEPS --image-steps 900 --batch-size 64 --seed 0"
 VID="anygpt train tiny-decoders --data $DATA/manifest.jsonl --out $RUNS/decoders --parts video --init-vae none --vae-steps $VAE_STEPS --video-steps 2000 --video-batch-size 16 --seed 0"
-AUD="anygpt train tiny-audio --data $DATA/manifest.jsonl --out $RUNS/audio --vae-steps 600 --unet-steps 1000 --batch-size 32 --seed 0"
+AUD="anygpt train tiny-audio --data $DATA/manifest.jsonl --out $RUNS/audio --vae-steps 600 --unet-steps 2000 --batch-size 32 --seed 0"
 
 run() { # run "ANYGPT COMMAND" LOG: the recorded command, with this machine's python and device
   local cmd=$1 log=$2
