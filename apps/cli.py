@@ -279,6 +279,9 @@ def train_tiny_decoders_cmd(
     parts: Annotated[str, typer.Option(help="Which decoders: image, video or both.")] = "image,video",
     init_vae: Annotated[str, typer.Option(help="Decoder folder whose VAE to reuse, or 'none' to train one "
                                                "first (--vae-steps).")] = "anygpt:tiny/image",
+    video_init: Annotated[Optional[str], typer.Option(
+        help="Image decoder folder whose UNet starts the video UNet's spatial layers (its channels and "
+             "VAE too), e.g. anygpt:tiny/image.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Latent-diffusion training of the tiny image and video decoders (shared VAE, frozen MiniLM text)."""
@@ -287,7 +290,7 @@ def train_tiny_decoders_cmd(
     train_tiny_image_and_video(data, out, vae_steps=vae_steps, image_steps=image_steps, video_steps=video_steps,
                                batch_size=batch_size, video_batch_size=video_batch_size, seed=seed,
                                max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device,
-                               init_vae=None if init_vae == "none" else init_vae)
+                               init_vae=None if init_vae == "none" else init_vae, video_init=video_init)
 
 
 @_command(train_app, "tiny-audio")

@@ -6,7 +6,10 @@ Latent diffusion as Stable Diffusion does it, scaled down:
 2. the image decoder: UNet2DConditionModel cross-attending to the frozen, pretrained MiniLM's token
    states (as SD's UNet does to its frozen CLIP's), trained with the epsilon-prediction loss on
    cached latents and cached text states, captions dropped 10% of the time for guidance, EMA weights;
-3. the video decoder: UNet3DConditionModel on the frame latents, the same way;
+3. the video decoder: UNet3DConditionModel on the frame latents, the same way; its spatial layers may
+   start from the trained image UNet, with the temporal layers starting as the identity, so that it
+   begins as the image decoder run frame by frame and only has to learn motion (as ModelScope and
+   ZeroScope grew from Stable Diffusion);
 4. the audio decoder: a linear-spectrogram VAE and a UNet conditioned on the frozen MiniLM's
    sentence embedding (AudioLDM's CLAP slot); Griffin-Lim makes the wave (decoders/spectral.py).
 Each writes a diffusers folder that `decoders.*Decoder.from_pretrained` loads.
@@ -181,7 +184,7 @@ def train_conditioned_unet(name: str, decoder, latents: torch.Tensor, captions: 
         return latents[idx], states[rows], noise, t
 
     # AudioLDM's UNet takes its one embedding as a class embedding; SD's and ZeroScope's cross-attend
-    class_embedding = unet.config.class_embed_type == "simple_projection"
+    class_embedding = unet.config.get("class_embed_type") == "simple_projection"  # UNet3D has no such field
 
     def loss_fn(batch):
         x0, cond, noise, t = batch
@@ -212,12 +215,16 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
                                image_steps: int = 900, video_steps: int = 2000, batch_size: int = 64,
                                video_batch_size: int = 16, seed: int = 0, max_steps: int | None = None,
                                parts: tuple[str, ...] = ("image", "video"), device: str = "auto",
-                               init_vae: str | None = "anygpt:tiny/image") -> dict:
+                               init_vae: str | None = "anygpt:tiny/image",
+                               video_init: str | None = None) -> dict:
     """The image and/or the video decoder on the shared VAE; writes out/image and out/video.
 
     The VAE comes from `init_vae` (a decoder folder; the shipped one by default), or is trained
     first when `init_vae` is None (its run resumes, so two processes can split image and video once it
-    has finished). The UNets condition on the frozen MiniLM (see decoders/frozen_text.py)."""
+    has finished). The UNets condition on the frozen MiniLM (see decoders/frozen_text.py). `video_init`
+    names an image decoder folder (e.g. anygpt:tiny/image, or out/image) whose UNet starts the video
+    UNet's spatial layers (`inflate_image_unet`); the video UNet then takes that UNet's channels and the
+    folder's VAE, since its latents are the ones that UNet learnt."""
     out = Path(out)
     image_rows = load_rows(data, "image") if "image" in parts else []
     video_rows = load_rows(data, "video") if "video" in parts else []
@@ -225,6 +232,11 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     images = to_pixels(np.stack([tw.load_image(r["path"]) for r in image_rows])) if image_rows else None
     videos = to_pixels(np.stack([tw.load_video(r["path"]) for r in video_rows])) if video_rows else None
     summaries = {}
+    if video_init is not None and "video" in parts:
+        from anygpt.config import resolve_path
+
+        image_init = ImageDecoder.from_pretrained(resolve_path(video_init), torch_dtype=torch.float32)
+        init_vae = video_init
     if init_vae is not None:
         vae = shipped_vae(init_vae)
     else:
@@ -244,9 +256,13 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
                                                     device=device)
         image_dec.save_pretrained(out / "image")
     if "video" in parts:
-        video_dec = VideoDecoder.tiny(seed=seed, text_encoder="minilm", channels=(32, 64),
+        channels = (32, 64) if video_init is None else tuple(image_init.pipeline.unet.config.block_out_channels)
+        video_dec = VideoDecoder.tiny(seed=seed, text_encoder="minilm", channels=channels,
                                       vae_channels=tuple(vae.config.block_out_channels))
         _use_vae(video_dec, vae)
+        if video_init is not None:
+            n_copied = inflate_image_unet(video_dec.pipeline.unet, image_init.pipeline.unet)
+            console.print(f"video UNet: {n_copied} spatial tensors from {video_init}'s image UNet")
         n, f = videos.shape[:2]
         video_latents = encode_latents(vae, videos.flatten(0, 1)).unflatten(0, (n, f)).movedim(1, 2)  # [N,C,F,h,w]
         summaries["video"] = train_conditioned_unet("video-unet", video_dec, video_latents,
@@ -255,6 +271,38 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
                                                     device=device)
         video_dec.save_pretrained(out / "video")
     return summaries
+
+
+def inflate_image_unet(video_unet: torch.nn.Module, image_unet: torch.nn.Module) -> int:
+    """Start a UNet3DConditionModel from a UNet2DConditionModel of the same channels.
+
+    diffusers names the spatial layers of both alike (conv_in, down_blocks.0.resnets.0, ...attentions.0,
+    mid_block, up_blocks, conv_out); every image tensor whose name and shape match is copied. The temporal
+    layers start as the identity: the temporal convolutions already end in a zero-initialised conv,
+    and the temporal transformers' output projections (`transformer_in`, `temp_attentions`) are zeroed
+    here, so the video UNet begins as the image UNet applied to each frame. Returns how many tensors
+    were copied."""
+    image = image_unet.state_dict()
+    target = video_unet.state_dict()
+    copied = {}
+    for k, v in image.items():
+        if k in target and v.shape != target[k].shape and v.shape == target[k].shape + (1, 1):
+            v = v[..., 0, 0]  # a 1x1 conv projection (UNet2D's attentions) is the 3D one's linear projection
+        if k in target and target[k].shape == v.shape:
+            copied[k] = v
+    spatial = [k for k in target if ".temp_" not in k and not k.startswith("transformer_in.")]
+    missing = [k for k in spatial if k not in copied]
+    if missing:
+        raise ValueError(f"the image UNet does not match the video UNet's spatial layers (e.g. {missing[0]}): "
+                         "build the video UNet with the image UNet's channels")
+    video_unet.load_state_dict(copied, strict=False)
+    with torch.no_grad():
+        for name, module in video_unet.named_modules():
+            if (name == "transformer_in" or ".temp_attentions." in name) and hasattr(module, "proj_out") \
+                    and isinstance(module.proj_out, torch.nn.Linear):
+                module.proj_out.weight.zero_()
+                module.proj_out.bias.zero_()
+    return len(copied)
 
 
 def _use_vae(decoder, vae: AutoencoderKL) -> None:

@@ -93,6 +93,52 @@ def test_tiny_decoder_training_smoke(toy_data, tmp_path):
     assert VideoDecoder.from_pretrained(tmp_path / "video").conditioning.shape == (16, 384)
 
 
+def test_an_inflated_video_unet_starts_as_the_image_unet_on_each_frame():
+    """ModelScope's start: spatial layers from the image UNet, temporal layers the identity, so the
+    untrained video UNet predicts, frame by frame, exactly what the image UNet predicts."""
+    from anygpt.train.tiny_decoders import inflate_image_unet
+    from decoders import ImageDecoder, VideoDecoder
+
+    # 64-wide blocks: there diffusers' 2D and 3D UNets split attention into the same 8 heads of 8
+    image = ImageDecoder.tiny(seed=1, channels=(64, 64)).pipeline.unet
+    video = VideoDecoder.tiny(seed=2, channels=(64, 64)).pipeline.unet
+    assert inflate_image_unet(video, image) > 50
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 3, 8, 8, generator=g)  # [B, C, F, h, w]
+    text = torch.randn(2, 77, 32, generator=g)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        got = video(latents, t, encoder_hidden_states=text).sample
+        frames = latents.movedim(2, 1).flatten(0, 1)  # [B*F, C, h, w]
+        want = image(frames, t.repeat_interleave(3), encoder_hidden_states=text.repeat_interleave(3, 0)).sample
+    torch.testing.assert_close(got.movedim(2, 1).flatten(0, 1), want, atol=1e-4, rtol=1e-4)
+
+    other = ImageDecoder.tiny(seed=1, channels=(16, 32)).pipeline.unet
+    with pytest.raises(ValueError, match="channels"):
+        inflate_image_unet(video, other)
+
+
+def test_video_decoder_training_from_an_image_decoder_smoke(toy_data, tmp_path):
+    """Two steps of the CPU video recipe: the video UNet grown from an image decoder folder (its VAE,
+    channels and spatial weights), trained on cached frame latents and frozen-MiniLM states."""
+    from anygpt.train.tiny_decoders import train_tiny_image_and_video
+    from decoders import ImageDecoder, VideoDecoder
+
+    image = ImageDecoder.tiny(seed=3, text_encoder="minilm", channels=(64, 64), vae_channels=(8, 16, 16, 16))
+    image.save_pretrained(tmp_path / "image-init")
+    summary = train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path, video_steps=2, video_batch_size=2,
+                                         parts=("video",), video_init=str(tmp_path / "image-init"))
+    assert summary["video"]["steps"] == 2
+    video = VideoDecoder.from_pretrained(tmp_path / "video")
+    assert video.conditioning.shape == (16, 384)
+    assert list(video.pipeline.unet.config.block_out_channels) == [64, 64]
+    vae_weight = image.pipeline.vae.encoder.conv_in.weight
+    assert torch.equal(video.pipeline.vae.encoder.conv_in.weight, vae_weight.to(video.pipeline.vae.dtype))
+    clip = video.decode(video.encode_text(["a red circle moving up"]), seeds=[0], num_frames=3,
+                        num_inference_steps=2, guidance_scale=4.0)[0]
+    assert clip.frames.shape == (3, 64, 64, 3)
+
+
 def test_image_decoder_training_resumes_with_its_ema(toy_data, tmp_path):
     """Cached latents and frozen-MiniLM states, EMA weights in the checkpoint: a re-run with more
     steps resumes from the last one (its EMA too), and the folder holds the EMA weights."""
