@@ -261,3 +261,22 @@ def test_projectors_refit_on_cached_states_and_move_to_a_new_decoder(tiny_backbo
                                decoders={"image": str(tmp_path / "clip-image")}, steps=2, batch_size=4,
                                heldout_fraction=0.3)  # a re-run reads the cached states
     assert again["modalities"].keys() == report["modalities"].keys()
+
+
+def test_a_rebuilt_projector_starts_from_the_seed_alone(tiny_backbone_config, tmp_path):
+    """The fitted projector's quality depends on its start, so the start must follow the run's seed,
+    not the random draws that loading happened to make before it."""
+    from anygpt.train.realign import use_decoder
+    from decoders import ImageDecoder
+
+    ImageDecoder.tiny(seed=1).save_pretrained(tmp_path / "clip-image")  # 77x32: the projector is rebuilt
+
+    def rebuilt(seed: int, draws: int) -> dict:
+        app = AnyGPT.from_config(tiny_backbone_config)
+        torch.rand(draws)  # whatever ran before
+        assert use_decoder(app, "image", str(tmp_path / "clip-image"), seed)
+        return app.model.output_projectors["image"].state_dict()
+
+    first, second, other = rebuilt(3, 1), rebuilt(3, 1000), rebuilt(4, 1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
