@@ -213,7 +213,7 @@ def tiny_preset() -> AnyGPTConfig:
                                      num_inference_steps=10, guidance_scale=3.0, size={"height": 64, "width": 64}),
             "audio": DecoderSettings(path=shipped_tiny("audio"), conditioning=(1, 384), seed=0, model_id="anygpt/tiny-audioldm",
                                      num_inference_steps=10, guidance_scale=2.5, size={"audio_length_in_s": 2.0}),
-            "video": DecoderSettings(path=shipped_tiny("video"), conditioning=(77, 32), seed=0, model_id="anygpt/tiny-t2v",
+            "video": DecoderSettings(path=shipped_tiny("video"), conditioning=(16, 384), seed=0, model_id="anygpt/tiny-t2v",
                                      num_inference_steps=10, guidance_scale=3.0,
                                      size={"num_frames": 8, "height": 64, "width": 64}),
         },
