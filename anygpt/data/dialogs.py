@@ -153,7 +153,10 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
     modality = _pick(rng, [m for m in ("image", "video") if pool.get(m)])
     example = _pick(rng, pool[modality])
     labels = {k: v for k, v in example["attributes"].items() if k in tw.LABELS[modality]}
-    colour = _pick(rng, [c for c in tw.COLORS if c != labels["color"]])
+    colours = [c for c in tw.COLORS if c != labels["color"]]
+    if split == "train":  # the picture it asks for must be a training pair: the held-out ones are the eval's
+        colours = [c for c in colours if (c, labels["shape"]) not in tw.HELDOUT["image"]]
+    colour = _pick(rng, colours)
     thing = "picture" if modality == "image" else "clip"
     text = f"describe this {thing}, then draw its shape in {colour}"
     desc = f"a {colour} {labels['shape']}"
