@@ -234,8 +234,8 @@ def test_generator_and_probes_import_no_model_code():
 
 
 def test_training_dialogs_never_ask_for_a_held_out_pair(tmp_path):
-    """"Describe this picture, then draw its shape in blue" once asked for held-out pairs (a blue
-    square) in 127 of 457 training requests: the eval's held-out requests leaked into training."""
+    """A training "describe this picture, then draw its shape in blue" once asked for held-out pairs
+    (a blue square) in 127 of 457 such requests: the eval's held-out requests leaked into training."""
     from anygpt.data.dialogs import make_dialogs, read_dialogs
     from anygpt.eval.benchmark import _labels_in
 
