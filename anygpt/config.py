@@ -109,6 +109,10 @@ class ProjectorSettings(_Strict):
     encoder_layers: int = 4
     decoder_layers: int = 4
     feedforward: int = 2048
+    # What the projector reads at a run: "signal", the run's signal tokens (NExT-GPT, GILL), or
+    # "reply", the reply's words up to the run's end as well, so that a request's attributes reach
+    # the decoder as the words that name them (README, "What the output projectors read").
+    reads: Literal["signal", "reply"] = "signal"
 
 
 class LimitSettings(_Strict):

@@ -39,7 +39,7 @@ from transformers.cache_utils import DynamicLayer
 from anygpt.config import AnyGPTConfig
 from anygpt.errors import InputError
 from anygpt.llm import MEDIA_TOKEN, SignalTokens, add_signal_tokens
-from anygpt.projectors import InputProjector, OutputProjector
+from anygpt.projectors import InputProjector, OutputProjector, pad_rows
 
 
 @dataclass
@@ -57,6 +57,8 @@ class SignalRun:
 
     modality: str
     positions: list[int]  # indices into the generated ids
+    # what its output projector reads (`AnyGPTModel.reads`): the run, or the reply up to its end
+    reads: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -103,7 +105,8 @@ class AnyGPTOutput:
     `loss`: the mean LM loss over the labelled tokens (next-token prediction; None when nothing
     is labelled); `loss_sum` and `label_count`: its sum and count, to average over a global batch
     split between processes. Per conversation, per complete run of signal tokens (in order):
-    `runs` (positions in the row), `states` [n, H] (the last layer's states at the run) and
+    `runs` (positions in the row),
+    `states` [n, H] (the last layer's states at what its projector reads, `SignalRun.reads`) and
     `conditionings` [tokens, dim] (the output projector's, the decoder's `prompt_embeds`)."""
 
     loss: torch.Tensor | None
@@ -371,7 +374,12 @@ class AnyGPTModel(nn.Module):
         if want_states:
             hidden = out.hidden_states[-1]
             items = [(b, run) for b, row in enumerate(runs) for run in row]
-            taken = [(run.modality, hidden[b, run.positions], batch.inputs_embeds[b, run.positions]) for b, run in items]
+            for b, run in items:  # the assistant's words start where the labels do (a reply: after its prompt)
+                start = run.positions[0]
+                while start > 0 and batch.labels[b, start - 1] != -100:
+                    start -= 1
+                run.reads = self.reads(run, start)
+            taken = [(run.modality, hidden[b, run.reads], batch.inputs_embeds[b, run.reads]) for b, run in items]
             projected = self.project_runs(taken) if project else [None] * len(taken)
             for (b, _), (_, h, _), c in zip(items, taken, projected):
                 states[b].append(h)
@@ -531,6 +539,13 @@ class AnyGPTModel(nn.Module):
                     runs.append(SignalRun(m, list(range(start, start + n))))
         return sorted(runs, key=lambda r: r.positions[0])
 
+    def reads(self, run: SignalRun, reply_start: int) -> list[int]:
+        """The positions an output projector reads for `run`, in a row whose assistant reply begins at
+        `reply_start`: the run's signal tokens, or (`config.projector.reads == "reply"`) the reply's
+        words before it as well, where the request's attributes are named."""
+        first = reply_start if self.config.projector.reads == "reply" else run.positions[0]
+        return list(range(first, run.positions[-1] + 1))
+
     def signal_string(self, modality: str) -> str:
         """A modality's run of signal tokens as text, as the assistant writes it after its words."""
         return "".join(self.signal.tokens[modality])
@@ -542,14 +557,14 @@ class AnyGPTModel(nn.Module):
     # -- 4. signal tokens -> decoder conditioning ---------------------------------------------
     def project_runs(self, runs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """The one projection, for training and inference: per run (modality, last-layer states [n, H],
-        input embeddings [n, H] of its tokens) -> the output projector's conditioning [tokens, dim].
-        Runs of a modality go through their projector together."""
+        input embeddings [n, H] of the tokens its projector reads) -> the output projector's
+        conditioning [tokens, dim]. Runs of a modality go through their projector together, right-padded
+        to the longest (the padding masked) when they read different lengths."""
         out: list[torch.Tensor | None] = [None] * len(runs)
         for modality in dict.fromkeys(m for m, _, _ in runs):
             index = [i for i, (m, _, _) in enumerate(runs) if m == modality]
-            hidden = torch.stack([runs[i][1] for i in index]).float()
-            embeds = torch.stack([runs[i][2] for i in index]).float()
-            for i, c in zip(index, self.output_projectors[modality](hidden, embeds)):
+            hidden, embeds, padding = pad_rows([runs[i][1] for i in index], [runs[i][2] for i in index])
+            for i, c in zip(index, self.output_projectors[modality](hidden, embeds, padding)):
                 out[i] = c
         return out
 
@@ -565,7 +580,9 @@ class AnyGPTModel(nn.Module):
             return []
         if hidden is not None and max(run.positions[-1] for run in runs) < hidden.shape[0]:
             embeds = self.llm.get_input_embeddings()(torch.tensor(ids, device=hidden.device))
-            return self.project_runs([(run.modality, hidden[run.positions], embeds[run.positions]) for run in runs])
+            for run in runs:
+                run.reads = self.reads(run, 0)
+            return self.project_runs([(run.modality, hidden[run.reads], embeds[run.reads]) for run in runs])
         full = self.forward([Conversation(list(turns), list(ids))])
         offset = full.batch.prompt_lengths[0]
         made = {run.positions[0] - offset: c for run, c in zip(full.runs[0], full.conditionings[0])}

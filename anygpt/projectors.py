@@ -6,6 +6,8 @@ released checkpoints map onto these modules key for key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -24,9 +26,10 @@ class InputProjector(nn.Module):
 class OutputProjector(nn.Module):
     """Signal-token states -> a decoder's conditioning (`prompt_embeds` of shape [tokens, out_dim]).
 
-    Input at each signal token is the LLM's last-layer hidden state plus its input embedding.
-    A transformer encoder reads those; its decoder reads `tokens` learnable queries, so the
-    output length is the decoder's (77 for SD) whatever the number of signal tokens.
+    Input at each token it reads is the LLM's last-layer hidden state plus its input embedding:
+    the signal tokens (NExT-GPT), or the reply's words up to the run's end with them
+    (`ProjectorSettings.reads`). A transformer encoder reads those; its decoder reads `tokens`
+    learnable queries, so the output length is the decoder's (77 for SD) whatever it reads.
     """
 
     def __init__(self, llm_dim: int, tokens: int, out_dim: int, *, d_model: int = 512, heads: int = 4,
@@ -40,8 +43,29 @@ class OutputProjector(nn.Module):
         self.model = nn.Linear(d_model, out_dim)
         self.query_embs = nn.Parameter(torch.randn(1, tokens, d_model) * 0.02)
 
-    def forward(self, hidden: torch.Tensor, input_embeds: torch.Tensor) -> torch.Tensor:
-        """hidden, input_embeds: [B, n_signal, llm_dim] -> [B, tokens, out_dim]."""
+    def forward(self, hidden: torch.Tensor, input_embeds: torch.Tensor,
+                padding: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden, input_embeds: [B, n, llm_dim] -> [B, tokens, out_dim]. `padding` [B, n]: True where
+        a row is padded (rows of different lengths); None when every position is real."""
         x = self.fc(hidden + input_embeds)
-        x = self.tfm(x, self.query_embs.expand(x.shape[0], -1, -1))
+        if padding is not None and not bool(padding.any()):
+            padding = None
+        x = self.tfm(x, self.query_embs.expand(x.shape[0], -1, -1), src_key_padding_mask=padding,
+                     memory_key_padding_mask=padding)
         return self.model(x)
+
+
+def pad_rows(hidden: Sequence[torch.Tensor], embeds: Sequence[torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """[n_i, H] states and input embeddings -> [B, n, H] each, right-padded with zeros, and the padding
+    mask [B, n] (True where padded; None when all rows are as long)."""
+    lengths = [len(h) for h in hidden]
+    if len(set(lengths)) == 1:
+        return torch.stack(list(hidden)).float(), torch.stack(list(embeds)).float(), None
+    n, width = max(lengths), hidden[0].shape[-1]
+    h = hidden[0].new_zeros(len(hidden), n, width, dtype=torch.float32)
+    e = torch.zeros_like(h)
+    padding = torch.ones(len(hidden), n, dtype=torch.bool, device=h.device)
+    for b, (x, y) in enumerate(zip(hidden, embeds)):
+        h[b, :len(x)], e[b, :len(y)], padding[b, :len(x)] = x, y, False
+    return h, e, padding

@@ -325,6 +325,9 @@ def train_projectors_cmd(
     manifest: Annotated[Optional[Path], typer.Option(help="Also a request (and reply) for each of this manifest's captions (--per-modality of each).")] = None,
     per_modality: int = 500, limit: Optional[int] = None, steps: int = 3000, batch_size: int = 64,
     lr: float = 1e-3, contrastive_weight: float = 0.1, pad_weight: float = 0.0, seed: int = 0,
+    reads: Annotated[Optional[str], typer.Option(help="What every output projector reads: 'signal' (the signal "
+                                                      "tokens) or 'reply' (the reply's words too); default: "
+                                                      "the model's.")] = None,
 ) -> None:
     """Refit the output projectors on cached LLM states (masked MSE + InfoNCE: cannot collapse)."""
     from anygpt.train.realign import realign_projectors
@@ -337,7 +340,7 @@ def train_projectors_cmd(
         moves[modality] = folder
     realign_projectors(init, dialogs, out, decoders=moves, modalities=tuple(m for m in modalities.split(",") if m) or None,
                        steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
-                       pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality)
+                       pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, reads=reads)
 
 
 @_command(train_app, "export-tiny")

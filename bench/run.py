@@ -128,7 +128,7 @@ def raw_components(app, prompt: str, force: tuple, image: Path | None, runs: int
         reply = model.tokenizer(r.trace.raw_reply, add_special_tokens=False).input_ids
         out = model.forward([Conversation(turns, reply)], project=False)
         for run, state in zip(out.runs[0], out.states[0]):
-            run_embeds = out.batch.inputs_embeds[0, run.positions]
+            run_embeds = out.batch.inputs_embeds[0, run.reads]
             t = time.perf_counter()
             cond = model.project_runs([(run.modality, state, run_embeds)])[0]
             spent += time.perf_counter() - t

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anygpt.projectors import pad_rows
+
 
 # -- the loss ------------------------------------------------------------------------------------
 
@@ -146,12 +148,14 @@ def alignment_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
 
 @dataclass
 class ProjectorCache:
-    """What one output projector trains on, computed once: the LLM's last-layer states at each run of
-    signal tokens and the decoder's targets. Targets are stored once per caption (`index` maps each
-    run to its caption), which also tells the contrastive term which runs share a target.
+    """What one output projector trains on, computed once: the LLM's last-layer states at what it reads
+    for each run of signal tokens (`SignalRun.reads`) and the decoder's targets. Targets are stored once
+    per caption (`index` maps each run to its caption), which also tells the contrastive term which runs
+    share a target.
 
-    hidden: [N, n_signal, H]; input_embeds: [n_signal, H] (the signal rows, the same for every run) or
-    [N, n_signal, H]; index: [N] into targets [U, tokens, dim], masks [U, tokens] and captions [U]."""
+    hidden: [N, n, H]; input_embeds: [n, H] (the signal rows, the same for every run) or [N, n, H];
+    index: [N] into targets [U, tokens, dim], masks [U, tokens] and captions [U]; padding: None, or
+    [N, n] True where a run that reads fewer than n tokens is padded."""
 
     hidden: torch.Tensor
     input_embeds: torch.Tensor
@@ -159,6 +163,7 @@ class ProjectorCache:
     targets: torch.Tensor
     masks: torch.Tensor
     captions: list[str]
+    padding: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -168,18 +173,21 @@ class ProjectorCache:
         counts = torch.bincount(self.index, minlength=len(self.targets)).to(self.targets)
         return (self.targets * counts[:, None, None]).sum(0) / counts.sum()
 
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(hidden, input_embeds, target, mask, groups) of the given rows."""
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """(hidden, input_embeds, target, mask, groups, padding) of the given rows."""
         embeds = self.input_embeds if self.input_embeds.dim() == 3 else self.input_embeds[None]
         embeds = embeds[rows] if embeds.shape[0] > 1 else embeds.expand(len(rows), -1, -1)
         k = self.index[rows]
-        return self.hidden[rows], embeds, self.targets[k], self.masks[k], k
+        padding = None if self.padding is None else self.padding[rows]
+        return self.hidden[rows], embeds, self.targets[k], self.masks[k], k, padding
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
         tensors = {"hidden": self.hidden, "input_embeds": self.input_embeds, "index": self.index,
                    "targets": self.targets, "masks": self.masks}
+        if self.padding is not None:
+            tensors["padding"] = self.padding
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
                   metadata={"captions": json.dumps(self.captions)})
 
@@ -202,8 +210,9 @@ def collect_signal_states(app: Any, samples: Sequence[Any], *, batch_size: int =
     `samples`: objects with `.turns` (list of Turn; assistant turns carry the signal strings) and
     `.outputs` ([(modality, caption)] in the order of the runs), as `stages.Sample`; or (turns,
     outputs) pairs. The states come from the model's one forward (`AnyGPTModel.forward`, teacher-forced),
-    as training and inference take them: the last layer's at the run's positions and the tokens' input
-    embeddings. Valid while the LLM and its signal rows stay as they are (train those first)."""
+    as training and inference take them: the last layer's at what the run's projector reads
+    (`SignalRun.reads`) and those tokens' input embeddings. Valid while the LLM and its signal rows
+    stay as they are (train those first)."""
     model = app.model
     was_training = model.training
     model.eval()
@@ -221,7 +230,7 @@ def collect_signal_states(app: Any, samples: Sequence[Any], *, batch_size: int =
                 if modalities is not None and modality not in modalities:
                     continue
                 hidden.setdefault(modality, []).append(states.float().cpu())
-                embeds.setdefault(modality, []).append(out.batch.inputs_embeds[b, run.positions].float().cpu())
+                embeds.setdefault(modality, []).append(out.batch.inputs_embeds[b, run.reads].float().cpu())
                 captions.setdefault(modality, []).append(caption)
     model.train(was_training)
     caches = {}
@@ -231,11 +240,10 @@ def collect_signal_states(app: Any, samples: Sequence[Any], *, batch_size: int =
         decoder = app.decoder(m)
         targets = torch.cat([decoder.encode_text(unique[i:i + 64]).float().cpu() for i in range(0, len(unique), 64)])
         masks = torch.cat([caption_mask(decoder, unique[i:i + 64]) for i in range(0, len(unique), 64)])
-        e = torch.stack(embeds[m])
-        caches[m] = ProjectorCache(hidden=torch.stack(hidden[m]),
-                                   input_embeds=e[0] if bool((e == e[:1]).all()) else e,
+        h, e, padding = pad_rows(hidden[m], embeds[m])
+        caches[m] = ProjectorCache(hidden=h, input_embeds=e[0] if bool((e == e[:1]).all()) else e,
                                    index=torch.tensor([where[c] for c in captions[m]]), targets=targets, masks=masks,
-                                   captions=unique)
+                                   captions=unique, padding=padding)
     return caches
 
 
@@ -260,8 +268,8 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     window: list[dict[str, float]] = []
     for step in range(steps):
         rows = torch.randperm(len(cache), generator=generator)[:batch_size]
-        hidden, embeds, target, mask, groups = (t.to(device) for t in cache.batch(rows))
-        pred = projector(hidden, embeds)
+        hidden, embeds, target, mask, groups, padding = (t if t is None else t.to(device) for t in cache.batch(rows))
+        pred = projector(hidden, embeds, padding)
         loss, logs = alignment_loss(pred, target, mask, center=center.to(device), groups=groups, **loss_options)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -293,8 +301,9 @@ def cache_retrieval(projector: nn.Module, cache: ProjectorCache, rows: torch.Ten
     projector.eval()
     preds = []
     for i in range(0, len(rows), batch_size):
-        hidden, embeds, _, _, _ = cache.batch(rows[i:i + batch_size])
-        preds.append(projector(hidden.to(device), embeds.to(device)).float().cpu())
+        hidden, embeds, _, _, _, padding = cache.batch(rows[i:i + batch_size])
+        padding = None if padding is None else padding.to(device)
+        preds.append(projector(hidden.to(device), embeds.to(device), padding).float().cpu())
     projector.train(was_training)
     pred = torch.cat(preds)
     bank = cache.targets.flatten(1).double()

@@ -68,7 +68,8 @@ def split_by_caption(cache: ProjectorCache, heldout_fraction: float, seed: int) 
 def subset(cache: ProjectorCache, rows: torch.Tensor) -> ProjectorCache:
     embeds = cache.input_embeds if cache.input_embeds.dim() == 2 else cache.input_embeds[rows]
     return ProjectorCache(hidden=cache.hidden[rows], input_embeds=embeds, index=cache.index[rows],
-                          targets=cache.targets, masks=cache.masks, captions=cache.captions)
+                          targets=cache.targets, masks=cache.masks, captions=cache.captions,
+                          padding=None if cache.padding is None else cache.padding[rows])
 
 
 def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *,
@@ -76,7 +77,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
-                       per_modality: int = 500) -> dict:
+                       per_modality: int = 500, reads: str | None = None) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -85,10 +86,15 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     a request for each of up to `per_modality` of its captions per output modality ("draw {caption}"
     -> "Here is ..." and the signal tokens, `request_dialog`): the toy world's many wordings, where the
     dialogs have one per attribute pair. (Stage 2's requests, answered by the signal tokens alone, put
-    the LLM in another state than its replies do at inference: with them, held-out retrieval fell.)"""
+    the LLM in another state than its replies do at inference: with them, held-out retrieval fell.)
+    `reads` ("signal" or "reply") sets what every output projector reads (`ProjectorSettings.reads`);
+    a projector not fitted in this run must then be fitted in a later one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     app = AnyGPT.from_pretrained(init)
+    if reads is not None and reads != app.config.projector.reads:
+        projector = type(app.config.projector).model_validate(app.config.projector.model_dump() | {"reads": reads})
+        app.config = app.model.config = app.config.model_copy(update={"projector": projector})
     rebuilt = [m for m, path in (decoders or {}).items() if use_decoder(app, m, path, seed)]
     samples = [s for s in stage3_samples(app.model, read_dialogs(dialogs)) if s.outputs]
     samples = samples[:limit] if limit else samples
@@ -111,7 +117,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         caches |= fresh
     report = {"init": str(init), "decoders": decoders or {}, "rebuilt": rebuilt, "steps": steps,
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
-              "pad_weight": pad_weight, "samples": len(samples), "modalities": {}}
+              "pad_weight": pad_weight, "reads": app.config.projector.reads, "samples": len(samples),
+              "modalities": {}}
     for m in wanted:
         cache = caches[m]
         train_rows, heldout_rows = split_by_caption(cache, heldout_fraction, seed)

@@ -117,3 +117,38 @@ def test_signal_states_are_collected_from_a_tiny_backbone(tiny_backbone_config):
     history = train_projector(projector, image, steps=3, batch_size=3, log_every=1)
     assert len(history) == 3 and all(math.isfinite(h["loss"]) for h in history)
     assert any(not torch.equal(before[k], v) for k, v in projector.state_dict().items())
+
+
+def test_projectors_that_read_the_reply_cache_padded_rows_and_mask_the_padding(tiny_backbone_config, tmp_path):
+    """With `projector.reads = "reply"` a run's projector reads the reply's words up to the run's end:
+    runs of different lengths are cached right-padded with their padding mask, and a padded row
+    projects as the row alone does (the padding is masked, not read)."""
+    from anygpt.model import Turn
+    from anygpt.pipeline import AnyGPT
+
+    projector_settings = tiny_backbone_config.projector.model_copy(update={"reads": "reply"})
+    app = AnyGPT.from_config(tiny_backbone_config.model_copy(update={"projector": projector_settings}))
+    model = app.model
+    replies = ["Here is a red circle.", "A blue square, drawn for you as asked."]
+    samples = [([Turn("user", "draw it"), Turn("assistant", f"{r} {model.signal_string('image')}")],
+                [("image", r)]) for r in replies]
+    n_signal = tiny_backbone_config.signal_tokens["image"]
+    words = [len(model.tokenizer(f"{r} ", add_special_tokens=False).input_ids) for r in replies]
+    cache = collect_signal_states(app, samples, batch_size=2)["image"]
+    lengths = (~cache.padding).sum(1).tolist()
+    assert lengths[0] < lengths[1] == cache.hidden.shape[1]
+    assert all(words[i] <= lengths[i] - n_signal <= words[i] + 1 for i in range(2))  # the words (a space may merge)
+    assert cache.input_embeds.shape == cache.hidden.shape
+    cache.save(tmp_path / "cache.safetensors")
+    again = ProjectorCache.load(tmp_path / "cache.safetensors")
+    assert torch.equal(again.padding, cache.padding) and torch.equal(again.hidden, cache.hidden)
+
+    projector = model.output_projectors["image"].eval()
+    with torch.no_grad():
+        both = projector(cache.hidden, cache.input_embeds, cache.padding)
+        alone = projector(cache.hidden[:1, :lengths[0]], cache.input_embeds[:1, :lengths[0]])
+        unmasked = projector(cache.hidden[:1], cache.input_embeds[:1])
+    assert torch.allclose(both[0], alone[0], atol=1e-5)
+    assert not torch.allclose(unmasked[0], alone[0], atol=1e-3)  # the mask is what keeps the zeros out
+    history = train_projector(projector, again, steps=2, batch_size=2, log_every=1)
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)

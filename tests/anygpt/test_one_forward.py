@@ -18,19 +18,26 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("anygpt", "apps", "bench", "encoders", "decoders", "scripts", "examples")
 
 
-def test_inference_and_training_give_the_same_states_and_conditionings(tiny, monkeypatch):
+@pytest.mark.parametrize("reads", ["signal", "reply"])
+def test_inference_and_training_give_the_same_states_and_conditionings(tiny, monkeypatch, reads):
     """A reply written by the pipeline (states kept by generation, projected by `signal_conditioning`)
     and the same conversation through the training forward (`model(...)`, as `StageLoss` runs it):
-    the same tokens, the same signal-token states, the same conditionings."""
+    the same tokens, the same states at what the projector reads, the same conditionings; for either
+    setting of what the output projectors read (the signal tokens, or the reply's words as well)."""
     model = tiny.model
+    projector = model.config.projector.model_copy(update={"reads": reads})
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={"projector": projector}))
     replies = []
     generate = model.generate_batch
     monkeypatch.setattr(model, "generate_batch", lambda *a, **k: replies.extend(generate(*a, **k)) or replies)
     prompt = "draw a red circle"
     ((modality, conditioning),), = tiny.conditioning_batch(
         [ChatRequest(prompt, options=dict(outputs=("image",), max_new_tokens=16))])
-    monkeypatch.undo()
+    monkeypatch.setattr(model, "generate_batch", generate)
     (reply,), (run,) = replies, model.find_runs(replies[0].ids)
+    run.reads = model.reads(run, 0)
+    assert run.reads == (run.positions if reads == "signal" else list(range(run.positions[-1] + 1)))
+    assert reads == "signal" or run.positions[0] > 0  # the tiny LLM writes words before its run
     assert modality == run.modality == "image" and run.positions[-1] < reply.hidden.shape[0]  # states from generation
 
     history = [Turn("user", prompt), Turn("assistant", model.tokenizer.decode(reply.ids, skip_special_tokens=False))]
@@ -41,7 +48,8 @@ def test_inference_and_training_give_the_same_states_and_conditionings(tiny, mon
     (trained_run,) = out.runs[0]
     assert [p - start for p in trained_run.positions] == run.positions
     assert out.batch.labels[0, trained_run.positions].tolist() == [reply.ids[p] for p in run.positions]
-    assert torch.allclose(out.states[0][0], reply.hidden[run.positions], atol=1e-4)
+    assert [p - start for p in trained_run.reads] == run.reads  # the reply starts where its labels do
+    assert torch.allclose(out.states[0][0], reply.hidden[run.reads], atol=1e-4)
     assert torch.allclose(out.conditionings[0][0], conditioning, atol=1e-4)
 
     # the stage's loss is that forward's: its LM loss, and the alignment of that conditioning
