@@ -49,7 +49,9 @@ def test_inference_and_training_give_the_same_states_and_conditionings(tiny, mon
     assert [p - start for p in trained_run.positions] == run.positions
     assert out.batch.labels[0, trained_run.positions].tolist() == [reply.ids[p] for p in run.positions]
     assert [p - start for p in trained_run.reads] == run.reads  # the reply starts where its labels do
-    assert torch.allclose(out.states[0][0], reply.hidden[run.reads], atol=1e-4)
+    # float32 rounding only: generation feeds a run through the KV cache in one chunk, the forward
+    # takes the whole conversation (states reach |26| with the shipped LoRA; differences ~2e-4)
+    assert torch.allclose(out.states[0][0], reply.hidden[run.reads], atol=1e-3)
     assert torch.allclose(out.conditionings[0][0], conditioning, atol=1e-4)
 
     # the stage's loss is that forward's: its LM loss, and the alignment of that conditioning
