@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 
 class InputProjector(nn.Module):
@@ -59,13 +60,9 @@ def pad_rows(hidden: Sequence[torch.Tensor], embeds: Sequence[torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """[n_i, H] states and input embeddings -> [B, n, H] each, right-padded with zeros, and the padding
     mask [B, n] (True where padded; None when all rows are as long)."""
-    lengths = [len(h) for h in hidden]
-    if len(set(lengths)) == 1:
-        return torch.stack(list(hidden)).float(), torch.stack(list(embeds)).float(), None
-    n, width = max(lengths), hidden[0].shape[-1]
-    h = hidden[0].new_zeros(len(hidden), n, width, dtype=torch.float32)
-    e = torch.zeros_like(h)
-    padding = torch.ones(len(hidden), n, dtype=torch.bool, device=h.device)
-    for b, (x, y) in enumerate(zip(hidden, embeds)):
-        h[b, :len(x)], e[b, :len(y)], padding[b, :len(x)] = x, y, False
-    return h, e, padding
+    lengths = torch.tensor([len(h) for h in hidden])
+    h = pad_sequence([x.float() for x in hidden], batch_first=True)
+    e = pad_sequence([y.float() for y in embeds], batch_first=True)
+    if bool((lengths == lengths[0]).all()):
+        return h, e, None
+    return h, e, torch.arange(h.shape[1], device=h.device)[None] >= lengths.to(h.device)[:, None]
