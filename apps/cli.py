@@ -282,6 +282,11 @@ def train_tiny_decoders_cmd(
     video_init: Annotated[Optional[str], typer.Option(
         help="Image decoder folder whose UNet starts the video UNet's spatial layers (its channels and "
              "VAE too), e.g. anygpt:tiny/image.")] = None,
+    video_from: Annotated[Optional[str], typer.Option(
+        help="Video decoder folder to continue training instead, e.g. anygpt:tiny/video.")] = None,
+    zero_snr: Annotated[bool, typer.Option(help="Noise schedule ending in pure noise, with v-prediction "
+                                                "(README: the decoders' noise schedule).")] = False,
+    unet_lr: Annotated[float, typer.Option(help="The UNets' learning rate.")] = 1e-3,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Latent-diffusion training of the tiny image and video decoders (shared VAE, frozen MiniLM text)."""
@@ -290,7 +295,8 @@ def train_tiny_decoders_cmd(
     train_tiny_image_and_video(data, out, vae_steps=vae_steps, image_steps=image_steps, video_steps=video_steps,
                                batch_size=batch_size, video_batch_size=video_batch_size, seed=seed,
                                max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device,
-                               init_vae=None if init_vae == "none" else init_vae, video_init=video_init)
+                               init_vae=None if init_vae == "none" else init_vae, video_init=video_init,
+                               video_from=video_from, zero_snr=zero_snr, unet_lr=unet_lr)
 
 
 @_command(train_app, "tiny-audio")
@@ -305,13 +311,17 @@ def train_tiny_audio_cmd(
     parts: Annotated[str, typer.Option(help="What to train: vae, unet (comma-separated; "
                                             "a subset needs --init).")] = "vae,unet",
     init: Annotated[Optional[str], typer.Option(help="Start from a trained decoder folder, e.g. anygpt:tiny/audio.")] = None,
+    zero_snr: Annotated[bool, typer.Option(help="Noise schedule ending in pure noise, with v-prediction "
+                                                "(README: the decoders' noise schedule).")] = False,
+    unet_lr: Annotated[float, typer.Option(help="The UNet's learning rate.")] = 1e-3,
 ) -> None:
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio
 
     train_tiny_audio(data, out, vae_steps=vae_steps, vae_decoder_steps=vae_decoder_steps, unet_steps=unet_steps,
                      batch_size=batch_size, seed=seed,
-                     max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init)
+                     max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
+                     zero_snr=zero_snr, unet_lr=unet_lr)
 
 
 @_command(train_app, "projectors")

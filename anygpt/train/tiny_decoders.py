@@ -185,6 +185,7 @@ def train_conditioned_unet(name: str, decoder, latents: torch.Tensor, captions: 
 
     # AudioLDM's UNet takes its one embedding as a class embedding; SD's and ZeroScope's cross-attend
     class_embedding = unet.config.get("class_embed_type") == "simple_projection"  # UNet3D has no such field
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"  # see zero_terminal_snr
 
     def loss_fn(batch):
         x0, cond, noise, t = batch
@@ -193,7 +194,8 @@ def train_conditioned_unet(name: str, decoder, latents: torch.Tensor, captions: 
             pred = unet(noisy, t, encoder_hidden_states=None, class_labels=cond[:, 0]).sample
         else:
             pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        return F.mse_loss(pred, noise), {}
+        target = noise_scheduler.get_velocity(x0, noise, t) if v_prediction else noise
+        return F.mse_loss(pred, target), {}
 
     summary = train(name, unet, batch_fn, loss_fn, out / f"{name}-run",
                     LoopSettings(steps=steps, lr=lr, warmup=50, save_every=50, seed=seed, max_steps=max_steps,
@@ -202,6 +204,23 @@ def train_conditioned_unet(name: str, decoder, latents: torch.Tensor, captions: 
     ema.copy_to()
     unet.requires_grad_(False).eval()
     return summary
+
+
+def zero_terminal_snr(decoder) -> None:
+    """Give the decoder a noise schedule that ends in pure noise, and have its UNet predict v.
+
+    Stable Diffusion's schedule keeps 6.8% of the signal at its last step, so a UNet trained on it
+    can read the layout of the training sample (where a tone sits, which way a clip moves) from the
+    noise, and at sampling time reads a layout into the pure noise it starts from, whatever the
+    text says (the tiny video decoder drew the same motion for all four directions of a seed). Lin et
+    al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (2024): rescale the betas to
+    zero terminal SNR, predict v (epsilon is undefined there) and sample from the last step
+    ("trailing"). diffusers' DDIM/DDPM schedulers take all three as config, saved with the folder."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(decoder.pipeline.scheduler.config, rescale_betas_zero_snr=True,
+                                          timestep_spacing="trailing", prediction_type="v_prediction")
+    decoder.pipeline.register_modules(scheduler=scheduler)
 
 
 def shipped_vae(folder: str = "anygpt:tiny/image") -> AutoencoderKL:
@@ -216,7 +235,8 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
                                video_batch_size: int = 16, seed: int = 0, max_steps: int | None = None,
                                parts: tuple[str, ...] = ("image", "video"), device: str = "auto",
                                init_vae: str | None = "anygpt:tiny/image",
-                               video_init: str | None = None) -> dict:
+                               video_init: str | None = None, video_from: str | None = None,
+                               zero_snr: bool = False, unet_lr: float = 1e-3) -> dict:
     """The image and/or the video decoder on the shared VAE; writes out/image and out/video.
 
     The VAE comes from `init_vae` (a decoder folder; the shipped one by default), or is trained
@@ -224,7 +244,10 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     has finished). The UNets condition on the frozen MiniLM (see decoders/frozen_text.py). `video_init`
     names an image decoder folder (e.g. anygpt:tiny/image, or out/image) whose UNet starts the video
     UNet's spatial layers (`inflate_image_unet`); the video UNet then takes that UNet's channels and the
-    folder's VAE, since its latents are the ones that UNet learnt."""
+    folder's VAE, since its latents are the ones that UNet learnt. `video_from` instead continues a
+    trained video decoder folder (its UNet, VAE and schedule). `zero_snr` switches the decoders it
+    trains to a zero-terminal-SNR schedule with v-prediction (`zero_terminal_snr`); `unet_lr` is the
+    UNets' learning rate (lower for a fine-tune)."""
     out = Path(out)
     image_rows = load_rows(data, "image") if "image" in parts else []
     video_rows = load_rows(data, "video") if "video" in parts else []
@@ -232,6 +255,10 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     images = to_pixels(np.stack([tw.load_image(r["path"]) for r in image_rows])) if image_rows else None
     videos = to_pixels(np.stack([tw.load_video(r["path"]) for r in video_rows])) if video_rows else None
     summaries = {}
+    if video_init is not None and video_from is not None:
+        raise ValueError("give video_init (grow from an image decoder) or video_from (continue a video decoder), not both")
+    if video_from is not None and "video" in parts:
+        init_vae = video_from
     if video_init is not None and "video" in parts:
         from anygpt.config import resolve_path
 
@@ -250,16 +277,25 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
         image_dec = ImageDecoder.tiny(seed=seed, text_encoder="minilm", channels=(64, 128),
                                       vae_channels=tuple(vae.config.block_out_channels))
         _use_vae(image_dec, vae)
+        if zero_snr:
+            zero_terminal_snr(image_dec)
         summaries["image"] = train_conditioned_unet("image-unet", image_dec, encode_latents(vae, images),
                                                     [r["caption"] for r in image_rows], out, steps=image_steps,
                                                     batch_size=batch_size, seed=seed, max_steps=max_steps,
-                                                    device=device)
+                                                    device=device, lr=unet_lr)
         image_dec.save_pretrained(out / "image")
-    if "video" in parts:
+    if "video" in parts and video_from is not None:
+        from anygpt.config import resolve_path
+
+        video_dec = VideoDecoder.from_pretrained(resolve_path(video_from), torch_dtype=torch.float32)
+    elif "video" in parts:
         channels = (32, 64) if video_init is None else tuple(image_init.pipeline.unet.config.block_out_channels)
         video_dec = VideoDecoder.tiny(seed=seed, text_encoder="minilm", channels=channels,
                                       vae_channels=tuple(vae.config.block_out_channels))
         _use_vae(video_dec, vae)
+    if "video" in parts:
+        if zero_snr:
+            zero_terminal_snr(video_dec)
         if video_init is not None:
             n_copied = inflate_image_unet(video_dec.pipeline.unet, image_init.pipeline.unet)
             console.print(f"video UNet: {n_copied} spatial tensors from {video_init}'s image UNet")
@@ -268,7 +304,7 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
         summaries["video"] = train_conditioned_unet("video-unet", video_dec, video_latents,
                                                     [r["caption"] for r in video_rows], out, steps=video_steps,
                                                     batch_size=video_batch_size, seed=seed, max_steps=max_steps,
-                                                    device=device)
+                                                    device=device, lr=unet_lr)
         video_dec.save_pretrained(out / "video")
     return summaries
 
@@ -329,13 +365,15 @@ def tiny_audio_decoder(seed: int = 0):
 def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600, vae_decoder_steps: int = 150,
                      unet_steps: int = 1000,
                      batch_size: int = 32, seed: int = 0, max_steps: int | None = None, device: str = "auto",
-                     parts: tuple[str, ...] = ("vae", "unet"), init: str | Path | None = None) -> dict:
+                     parts: tuple[str, ...] = ("vae", "unet"), init: str | Path | None = None,
+                     zero_snr: bool = False, unet_lr: float = 1e-3) -> dict:
     """Train the tiny AudioLDM's spectrogram VAE and its text-conditioned UNet; writes out/audio.
 
     Nothing is trained to make the wave: the vocoder is Griffin-Lim (decoders/spectral.py). `init`
     starts from a trained decoder folder and `parts` picks what to (re)train, e.g. a longer UNet run
     on the shipped VAE: parts=("unet",), init="anygpt:tiny/audio". (The UNet's latents come from the
-    VAE: retraining the VAE means retraining the UNet.)"""
+    VAE: retraining the VAE means retraining the UNet.) `zero_snr` and `unet_lr` as in
+    `train_tiny_image_and_video`."""
     from anygpt.config import resolve_path
     from decoders import AudioDecoder
 
@@ -356,6 +394,8 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         waves[i, :min(length, len(wave))] = torch.from_numpy(wave[:length])
     dec = tiny_audio_decoder(seed) if init is None else AudioDecoder.from_pretrained(resolve_path(str(init)),
                                                                                       torch_dtype=torch.float32)
+    if zero_snr:
+        zero_terminal_snr(dec)
     pipe = dec.pipeline
     with torch.no_grad():
         specs = torch.cat([pipe.vocoder.spectrogram(waves[i:i + 256]) for i in range(0, len(waves), 256)])
@@ -374,6 +414,6 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         latents = encode_latents(pipe.vae, specs[:, None])
         summaries["unet"] = train_conditioned_unet("audio-unet", dec, latents, [r["caption"] for r in rows], out,
                                                    steps=unet_steps, batch_size=batch_size, seed=seed,
-                                                   max_steps=max_steps, device=device)
+                                                   max_steps=max_steps, device=device, lr=unet_lr)
     dec.save_pretrained(out / "audio")
     return summaries

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -137,6 +138,51 @@ def test_video_decoder_training_from_an_image_decoder_smoke(toy_data, tmp_path):
     clip = video.decode(video.encode_text(["a red circle moving up"]), seeds=[0], num_frames=3,
                         num_inference_steps=2, guidance_scale=4.0)[0]
     assert clip.frames.shape == (3, 64, 64, 3)
+
+    # continued from that folder with the zero-terminal-SNR schedule: same UNet to start, new schedule kept
+    train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path / "more", video_steps=1, video_batch_size=2,
+                               parts=("video",), video_from=str(tmp_path / "video"), zero_snr=True)
+    more = VideoDecoder.from_pretrained(tmp_path / "more" / "video")
+    assert more.pipeline.scheduler.config.prediction_type == "v_prediction"
+    assert torch.equal(more.pipeline.vae.encoder.conv_in.weight, video.pipeline.vae.encoder.conv_in.weight)
+    with pytest.raises(ValueError, match="not both"):
+        train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path / "both", parts=("video",),
+                                   video_from=str(tmp_path / "video"), video_init=str(tmp_path / "image-init"))
+
+
+def test_zero_terminal_snr_trains_v_and_samples_from_pure_noise(tmp_path, monkeypatch):
+    """The schedule ends in pure noise (no residual signal for the UNet to read a layout from), sampling
+    starts at that last step, the UNet learns v, and the folder keeps all three."""
+    from diffusers import DDPMScheduler
+
+    from anygpt.train.tiny_decoders import train_conditioned_unet, zero_terminal_snr
+    from decoders import ImageDecoder
+
+    decoder = ImageDecoder.tiny(seed=0)
+    assert decoder.pipeline.scheduler.alphas_cumprod[-1] > 1e-3  # Stable Diffusion's: 0.0047 left
+    zero_terminal_snr(decoder)
+    scheduler = decoder.pipeline.scheduler
+    assert scheduler.alphas_cumprod[-1] < 1e-6
+    scheduler.set_timesteps(10)
+    assert int(scheduler.timesteps[0]) == 999
+
+    targets = []
+    velocity = DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: targets.append(velocity(self, *a))
+                        or targets[-1])
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    summary = train_conditioned_unet("image-unet", decoder, latents, ["a red circle", "a blue square"] * 2,
+                                     tmp_path, steps=2, batch_size=2, seed=0)
+    assert summary["steps"] == 2 and len(targets) == 2 and targets[0].shape == (2, 4, 8, 8)
+
+    decoder.save_pretrained(tmp_path / "image")
+    loaded = ImageDecoder.from_pretrained(tmp_path / "image")
+    config = loaded.pipeline.scheduler.config
+    assert (config.prediction_type, config.timestep_spacing, config.rescale_betas_zero_snr) == \
+        ("v_prediction", "trailing", True)
+    image = loaded.decode(loaded.encode_text(["a red circle"]), seeds=[0], num_inference_steps=2,
+                          guidance_scale=4.0)[0]
+    assert np.asarray(image.image).shape == (64, 64, 3)
 
 
 def test_image_decoder_training_resumes_with_its_ema(toy_data, tmp_path):
