@@ -214,7 +214,17 @@ class Decoder(ABC):
         if name not in self.scheduler_names:
             raise DecoderError(f"unknown scheduler {name!r} for the {self.modality} decoder; "
                                f"choose one of {list(self.scheduler_names)}")
-        self.pipeline.scheduler = SCHEDULERS[name].from_config(self.pipeline.scheduler.config)
+        config = self.pipeline.scheduler.config
+        if config.get("rescale_betas_zero_snr") and not self._keeps_zero_snr(name):
+            # it would drop the rescale and sample a schedule the UNet was not trained on
+            raise DecoderError(f"scheduler {name!r} cannot keep this {self.modality} decoder's zero-terminal-SNR "
+                               "noise schedule; choose one of "
+                               f"{[n for n in self.scheduler_names if self._keeps_zero_snr(n)]}")
+        self.pipeline.scheduler = SCHEDULERS[name].from_config(config)
+
+    @staticmethod
+    def _keeps_zero_snr(name: str) -> bool:
+        return "rescale_betas_zero_snr" in inspect.signature(SCHEDULERS[name].__init__).parameters
 
     # -- text encoder: only for the negative and for training targets --------------------------
     @torch.no_grad()

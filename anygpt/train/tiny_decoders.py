@@ -209,7 +209,7 @@ def train_conditioned_unet(name: str, decoder, latents: torch.Tensor, captions: 
 def zero_terminal_snr(decoder) -> None:
     """Give the decoder a noise schedule that ends in pure noise, and have its UNet predict v.
 
-    Stable Diffusion's schedule keeps 6.8% of the signal at its last step, so a UNet trained on it
+    Stable Diffusion's schedule keeps 6.8% of the signal's amplitude at its last step, so a UNet trained on it
     can read the layout of the training sample (where a tone sits, which way a clip moves) from the
     noise, and at sampling time reads a layout into the pure noise it starts from, whatever the
     text says (the tiny video decoder drew the same motion for all four directions of a seed). Lin et
@@ -248,6 +248,8 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     trained video decoder folder (its UNet, VAE and schedule). `zero_snr` switches the decoders it
     trains to a zero-terminal-SNR schedule with v-prediction (`zero_terminal_snr`); `unet_lr` is the
     UNets' learning rate (lower for a fine-tune)."""
+    if video_init is not None and video_from is not None:
+        raise ValueError("give video_init (grow from an image decoder) or video_from (continue a video decoder), not both")
     out = Path(out)
     image_rows = load_rows(data, "image") if "image" in parts else []
     video_rows = load_rows(data, "video") if "video" in parts else []
@@ -255,8 +257,6 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     images = to_pixels(np.stack([tw.load_image(r["path"]) for r in image_rows])) if image_rows else None
     videos = to_pixels(np.stack([tw.load_video(r["path"]) for r in video_rows])) if video_rows else None
     summaries = {}
-    if video_init is not None and video_from is not None:
-        raise ValueError("give video_init (grow from an image decoder) or video_from (continue a video decoder), not both")
     if video_from is not None and "video" in parts:
         init_vae = video_from
     if video_init is not None and "video" in parts:

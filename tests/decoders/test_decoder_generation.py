@@ -204,3 +204,19 @@ def test_reduced_precision_loading(saved_folders):
     image = decoder.decode(torch.randn(1, *decoder.conditioning.shape), seeds=[0], **FAST)[0]
     assert image.image.size == (64, 64)
 
+
+
+def test_a_zero_snr_decoder_refuses_a_sampler_that_would_drop_its_schedule(tiny_decoders):
+    """PNDM and LMS have no rescale_betas_zero_snr: switching to them would sample a schedule the UNet
+    was not trained on, so the switch is refused by name; DDIM, Euler and DPM++ keep it."""
+    from anygpt.train.tiny_decoders import zero_terminal_snr
+    from decoders import DecoderError
+
+    decoder = type(tiny_decoders["image"]).tiny(seed=0)
+    zero_terminal_snr(decoder)
+    with pytest.raises(DecoderError, match="'pndm' cannot keep .* zero-terminal-SNR"):
+        decoder.set_scheduler("pndm")
+    assert decoder.scheduler == "DDIMScheduler"
+    decoder.set_scheduler("euler")
+    assert decoder.pipeline.scheduler.config.rescale_betas_zero_snr
+    assert decoder.pipeline.scheduler.alphas_cumprod[-1] < 1e-6
