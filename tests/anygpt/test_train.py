@@ -168,8 +168,12 @@ def test_zero_terminal_snr_trains_v_and_samples_from_pure_noise(tmp_path, monkey
 
     targets = []
     velocity = DDPMScheduler.get_velocity
-    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: targets.append(velocity(self, *a))
-                        or targets[-1])
+
+    def recorded_velocity(self, *args):  # the training target, kept to check it is v
+        targets.append(velocity(self, *args))
+        return targets[-1]
+
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", recorded_velocity)
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     summary = train_conditioned_unet("image-unet", decoder, latents, ["a red circle", "a blue square"] * 2,
                                      tmp_path, steps=2, batch_size=2, seed=0)

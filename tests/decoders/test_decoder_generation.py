@@ -205,7 +205,6 @@ def test_reduced_precision_loading(saved_folders):
     assert image.image.size == (64, 64)
 
 
-
 def test_a_zero_snr_decoder_refuses_a_sampler_that_would_drop_its_schedule(tiny_decoders):
     """PNDM and LMS have no rescale_betas_zero_snr: switching to them would sample a schedule the UNet
     was not trained on, so the switch is refused by name; DDIM, Euler and DPM++ keep it."""
