@@ -287,9 +287,9 @@ def train_tiny_decoders_cmd(
     zero_snr: Annotated[bool, typer.Option(help="Noise schedule ending in pure noise, with v-prediction "
                                                 "(README: the decoders' noise schedule).")] = False,
     unet_lr: Annotated[float, typer.Option(help="The UNets' learning rate.")] = 1e-3,
-    video_motion: Annotated[bool, typer.Option(
-        help="Video UNet with motion modules that know each frame's position (grown from --video-init's "
-             "image UNet), instead of ZeroScope's UNet3D.")] = False,
+    video_frame_stack: Annotated[bool, typer.Option(
+        help="Video UNet that sees a clip's frames stacked as channels (grown from --video-init's image "
+             "UNet; clips of the data's length only), instead of ZeroScope's UNet3D.")] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Latent-diffusion training of the tiny image and video decoders (shared VAE, frozen MiniLM text)."""
@@ -300,7 +300,7 @@ def train_tiny_decoders_cmd(
                                max_steps=max_steps, parts=tuple(p for p in parts.split(",") if p), device=device,
                                init_vae=None if init_vae == "none" else init_vae, video_init=video_init,
                                video_from=video_from, zero_snr=zero_snr, unet_lr=unet_lr,
-                               video_motion=video_motion)
+                               video_frame_stack=video_frame_stack)
 
 
 @_command(train_app, "tiny-audio")

@@ -8,6 +8,7 @@ from diffusers import TextToVideoSDPipeline, UNet2DConditionModel, UNet3DConditi
 
 from decoders import _tiny
 from decoders.base import Conditioning, Decoder, DecoderError, is_int, text_conditioning
+from decoders.frame_stack import FrameStackUNet  # imported so that a folder naming it loads (see frame_stack.py)
 from decoders.media import VideoArtifact, to_uint8
 
 DEFAULT_FRAMES = 16  # the pipeline's own default
@@ -26,12 +27,16 @@ class VideoDecoder(Decoder):
     def conditioning(self) -> Conditioning:
         return text_conditioning(self.pipeline)
 
-    def _size_kwargs(self, num_frames: int = DEFAULT_FRAMES, height: int | None = None, width: int | None = None,
+    def _size_kwargs(self, num_frames: int | None = None, height: int | None = None, width: int | None = None,
                      fps: int = DEFAULT_FPS) -> tuple[dict, dict]:
-        # a UNet with frame positions (decoders/motion.py) has a table of them; past its end it cannot go
-        most = min(MAX_FRAMES, self.pipeline.unet.config.get("motion_max_seq_length") or MAX_FRAMES)
-        if not is_int(num_frames) or not 1 <= num_frames <= most:
-            raise DecoderError(f"num_frames must be an int from 1 to {most}, got {num_frames!r}")
+        fixed = self.pipeline.unet.config.get("num_frames")  # a FrameStackUNet draws one clip length
+        if num_frames is None:
+            num_frames = fixed or DEFAULT_FRAMES
+        if fixed is not None and num_frames != fixed:
+            raise DecoderError(f"num_frames must be {fixed} for this decoder (its UNet stacks the frames of a "
+                               f"clip as channels), got {num_frames!r}")
+        if not is_int(num_frames) or not 1 <= num_frames <= MAX_FRAMES:
+            raise DecoderError(f"num_frames must be an int from 1 to {MAX_FRAMES}, got {num_frames!r}")
         if not is_int(fps) or not 1 <= fps <= 60:
             raise DecoderError(f"fps must be an int from 1 to 60, got {fps!r}")
         size = {"num_frames": int(num_frames),
@@ -45,15 +50,15 @@ class VideoDecoder(Decoder):
     @classmethod
     def _tiny_pipeline(cls, dim: int = 32, tokens: int = 77, size: int = 64, channels: tuple[int, ...] = (32, 64),
                        vae_channels: tuple[int, ...] = (16, 32, 32, 32), text_encoder: str = "clip",
-                       motion: bool = False) -> TextToVideoSDPipeline:
+                       stacked_frames: int | None = None) -> TextToVideoSDPipeline:
         """77×`dim` conditioning; `size`×`size` frames from (size/8)² latents (ZeroScope's VAE scale) by default.
-        `motion`: a `MotionUNet` (temporal layers with frame positions, decoders/motion.py) in place of
-        ZeroScope's UNet3DConditionModel."""
-        unet_class, kind = (UNet2DConditionModel, "2D") if motion else (UNet3DConditionModel, "3D")
-        components = _tiny.latent_diffusion(unet_class, kind, dim=dim, tokens=tokens, size=size,
-                                            channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
-        if motion:
-            from decoders.motion import MotionUNet
-
-            components["unet"] = MotionUNet.grow(components["unet"])
+        `stacked_frames`: a `FrameStackUNet` for clips of that many frames (decoders/frame_stack.py) in
+        place of ZeroScope's UNet3DConditionModel."""
+        if stacked_frames is None:
+            components = _tiny.latent_diffusion(UNet3DConditionModel, "3D", dim=dim, tokens=tokens, size=size,
+                                                channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
+        else:
+            components = _tiny.latent_diffusion(UNet2DConditionModel, "2D", dim=dim, tokens=tokens, size=size,
+                                                channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
+            components["unet"] = FrameStackUNet.grow(components["unet"], stacked_frames)
         return TextToVideoSDPipeline(**components)

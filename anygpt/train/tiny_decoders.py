@@ -28,7 +28,7 @@ from anygpt.data import toyworld as tw
 from anygpt.data.manifest import read_manifest
 from anygpt.train.loop import LoopSettings, console, train
 from decoders import ImageDecoder, VideoDecoder
-from decoders.motion import MotionUNet
+from decoders.frame_stack import FrameStackUNet
 
 CAPTION_DROPOUT = 0.1
 
@@ -237,7 +237,7 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
                                parts: tuple[str, ...] = ("image", "video"), device: str = "auto",
                                init_vae: str | None = "anygpt:tiny/image",
                                video_init: str | None = None, video_from: str | None = None,
-                               zero_snr: bool = False, unet_lr: float = 1e-3, video_motion: bool = False) -> dict:
+                               zero_snr: bool = False, unet_lr: float = 1e-3, video_frame_stack: bool = False) -> dict:
     """The image and/or the video decoder on the shared VAE; writes out/image and out/video.
 
     The VAE comes from `init_vae` (a decoder folder; the shipped one by default), or is trained
@@ -248,13 +248,13 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
     folder's VAE, since its latents are the ones that UNet learnt. `video_from` instead continues a
     trained video decoder folder (its UNet, VAE and schedule). `zero_snr` switches the decoders it
     trains to a zero-terminal-SNR schedule with v-prediction (`zero_terminal_snr`); `unet_lr` is the
-    UNets' learning rate (lower for a fine-tune). `video_motion` builds the video UNet as a `MotionUNet`
-    (temporal layers that know the frame's position, decoders/motion.py), grown from `video_init`'s
-    image UNet when given."""
+    UNets' learning rate (lower for a fine-tune). `video_frame_stack` builds the video UNet as a
+    `FrameStackUNet` (one 2D UNet over a clip's frames stacked as channels, decoders/frame_stack.py) for
+    the data's clip length, grown from `video_init`'s image UNet when given."""
     if video_init is not None and video_from is not None:
         raise ValueError("give video_init (grow from an image decoder) or video_from (continue a video decoder), not both")
-    if video_motion and video_from is not None:
-        raise ValueError("video_motion builds a new video UNet; video_from continues the one its folder has")
+    if video_frame_stack and video_from is not None:
+        raise ValueError("video_frame_stack builds a new video UNet; video_from continues the one its folder has")
     out = Path(out)
     image_rows = load_rows(data, "image") if "image" in parts else []
     video_rows = load_rows(data, "video") if "video" in parts else []
@@ -295,18 +295,17 @@ def train_tiny_image_and_video(data: str | Path, out: str | Path, *, vae_steps: 
         video_dec = VideoDecoder.from_pretrained(resolve_path(video_from), torch_dtype=torch.float32)
     elif "video" in parts:
         channels = (32, 64) if video_init is None else tuple(image_init.pipeline.unet.config.block_out_channels)
+        stacked = videos.shape[1] if video_frame_stack else None
         video_dec = VideoDecoder.tiny(seed=seed, text_encoder="minilm", channels=channels,
-                                      vae_channels=tuple(vae.config.block_out_channels), motion=video_motion)
+                                      vae_channels=tuple(vae.config.block_out_channels), stacked_frames=stacked)
         _use_vae(video_dec, vae)
-        if video_motion and video_init is not None:
-            with torch.random.fork_rng(devices=[]):  # the motion modules' start, as seeded as the rest
-                torch.manual_seed(seed)
-                video_dec.pipeline.register_modules(unet=MotionUNet.grow(image_init.pipeline.unet))
-            console.print(f"video UNet: {video_init}'s image UNet with motion modules")
+        if video_frame_stack and video_init is not None:
+            video_dec.pipeline.register_modules(unet=FrameStackUNet.grow(image_init.pipeline.unet, stacked))
+            console.print(f"video UNet: {video_init}'s image UNet over {stacked} stacked frames")
     if "video" in parts:
         if zero_snr:
             zero_terminal_snr(video_dec)
-        if video_init is not None and not video_motion:
+        if video_init is not None and not video_frame_stack:
             n_copied = inflate_image_unet(video_dec.pipeline.unet, image_init.pipeline.unet)
             console.print(f"video UNet: {n_copied} spatial tensors from {video_init}'s image UNet")
         n, f = videos.shape[:2]

@@ -150,33 +150,33 @@ def test_video_decoder_training_from_an_image_decoder_smoke(toy_data, tmp_path):
                                    video_from=str(tmp_path / "video"), video_init=str(tmp_path / "image-init"))
 
 
-def test_video_decoder_with_motion_modules_smoke(toy_data, tmp_path):
-    """Two steps of the video recipe with motion modules: the UNet grown from the image decoder's UNet
-    (same spatial weights to start), saved as a MotionUNet that the folder loads back."""
+def test_video_decoder_with_stacked_frames_smoke(toy_data, tmp_path):
+    """Two steps of the video recipe with the frame-stack UNet: grown from the image decoder's UNet
+    (same inner weights to start), saved as a FrameStackUNet for the data's clip length."""
     from anygpt.train.tiny_decoders import train_tiny_image_and_video
     from decoders import ImageDecoder, VideoDecoder
-    from decoders.motion import MotionUNet
+    from decoders.frame_stack import FrameStackUNet
 
     image = ImageDecoder.tiny(seed=3, text_encoder="minilm", channels=(64, 64), vae_channels=(8, 16, 16, 16))
     image.save_pretrained(tmp_path / "image-init")
     summary = train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path, video_steps=2, video_batch_size=2,
                                          parts=("video",), video_init=str(tmp_path / "image-init"),
-                                         video_motion=True, zero_snr=True)
+                                         video_frame_stack=True, zero_snr=True)
     assert summary["video"]["steps"] == 2
     video = VideoDecoder.from_pretrained(tmp_path / "video")
-    assert isinstance(video.pipeline.unet, MotionUNet)
-    assert video.pipeline.unet.config.motion_max_seq_length == 32
+    unet = video.pipeline.unet
+    assert isinstance(unet, FrameStackUNet) and unet.config.num_frames == 8  # the toy clips' length
     assert video.pipeline.scheduler.config.prediction_type == "v_prediction"
-    first = video.pipeline.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight
+    trained = unet.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight
     start = image.pipeline.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight
-    assert first.shape == start.shape and not torch.equal(first, start)  # grown from it, then trained
-    assert (first - start).abs().max() < 0.05
-    clip = video.decode(video.encode_text(["a red circle moving up"]), seeds=[0], num_frames=3,
-                        num_inference_steps=2, guidance_scale=4.0)[0]
-    assert clip.frames.shape == (3, 64, 64, 3)
-    with pytest.raises(ValueError, match="video_motion builds a new video UNet"):
+    assert trained.shape == start.shape and not torch.equal(trained, start)  # grown from it, then trained
+    assert (trained - start).abs().max() < 0.05
+    clip = video.decode(video.encode_text(["a red circle moving up"]), seeds=[0], num_inference_steps=2,
+                        guidance_scale=4.0)[0]
+    assert clip.frames.shape == (8, 64, 64, 3)
+    with pytest.raises(ValueError, match="video_frame_stack builds a new video UNet"):
         train_tiny_image_and_video(toy_data / "manifest.jsonl", tmp_path / "both", parts=("video",),
-                                   video_from=str(tmp_path / "video"), video_motion=True)
+                                   video_from=str(tmp_path / "video"), video_frame_stack=True)
 
 
 def test_zero_terminal_snr_trains_v_and_samples_from_pure_noise(tmp_path, monkeypatch):
