@@ -6,10 +6,11 @@ Latent diffusion as Stable Diffusion does it, scaled down:
 2. the image decoder: UNet2DConditionModel cross-attending to the frozen, pretrained MiniLM's token
    states (as SD's UNet does to its frozen CLIP's), trained with the epsilon-prediction loss on
    cached latents and cached text states, captions dropped 10% of the time for guidance, EMA weights;
-3. the video decoder: UNet3DConditionModel on the frame latents, the same way; its spatial layers may
-   start from the trained image UNet, with the temporal layers starting as the identity, so that it
-   begins as the image decoder run frame by frame and only has to learn motion (as ModelScope and
-   ZeroScope grew from Stable Diffusion);
+3. the video decoder on the frame latents, the same way, grown from the trained image UNet (as
+   ModelScope and ZeroScope grew from Stable Diffusion): either ZeroScope's UNet3DConditionModel,
+   its spatial layers copied and its temporal layers starting as the identity, or (what the tiny
+   preset ships) a FrameStackUNet, one 2D UNet over the clip's frames stacked as channels
+   (decoders/frame_stack.py);
 4. the audio decoder: a linear-spectrogram VAE and a UNet conditioned on the frozen MiniLM's
    sentence embedding (AudioLDM's CLAP slot); Griffin-Lim makes the wave (decoders/spectral.py).
 Each writes a diffusers folder that `decoders.*Decoder.from_pretrained` loads.
