@@ -21,6 +21,8 @@ from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+from decoders._tiny import block_types
+
 
 class FrameStackUNet(ModelMixin, ConfigMixin):
     """UNet2DConditionModel over [batch, channels x frames, h, w]; see the module docstring."""
@@ -32,14 +34,11 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
                  block_out_channels: tuple[int, ...] = (64, 128), layers_per_block: int = 1,
                  cross_attention_dim: int = 384, attention_head_dim: int = 8, norm_num_groups: int = 8):
         super().__init__()
-        levels = len(block_out_channels)  # Stable Diffusion's layout: attention at every level but the lowest
         self.unet = UNet2DConditionModel(
             sample_size=sample_size, in_channels=in_channels * num_frames, out_channels=in_channels * num_frames,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
-            norm_num_groups=norm_num_groups,
-            down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1))
+            norm_num_groups=norm_num_groups, **block_types(len(block_out_channels)))
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor | None = None,
                 return_dict: bool = True, **kwargs):

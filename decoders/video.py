@@ -54,11 +54,9 @@ class VideoDecoder(Decoder):
         """77×`dim` conditioning; `size`×`size` frames from (size/8)² latents (ZeroScope's VAE scale) by default.
         `stacked_frames`: a `FrameStackUNet` for clips of that many frames (decoders/frame_stack.py) in
         place of ZeroScope's UNet3DConditionModel."""
-        if stacked_frames is None:
-            components = _tiny.latent_diffusion(UNet3DConditionModel, "3D", dim=dim, tokens=tokens, size=size,
-                                                channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
-        else:
-            components = _tiny.latent_diffusion(UNet2DConditionModel, "2D", dim=dim, tokens=tokens, size=size,
-                                                channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
+        unet_class, kind = (UNet3DConditionModel, "3D") if stacked_frames is None else (UNet2DConditionModel, "2D")
+        components = _tiny.latent_diffusion(unet_class, kind, dim=dim, tokens=tokens, size=size,
+                                            channels=channels, vae_channels=vae_channels, text_encoder=text_encoder)
+        if stacked_frames is not None:  # the 2D UNet built above, over the stacked frames
             components["unet"] = FrameStackUNet.grow(components["unet"], stacked_frames)
         return TextToVideoSDPipeline(**components)
