@@ -378,7 +378,7 @@ class AnyGPTModel(nn.Module):
                 start = run.positions[0]
                 while start > 0 and batch.labels[b, start - 1] != -100:
                     start -= 1
-                run.reads = self.reads(run, start)
+                run.reads = self.reads(run, start, runs[b])
             taken = [(run.modality, hidden[b, run.reads], batch.inputs_embeds[b, run.reads]) for b, run in items]
             projected = self.project_runs(taken) if project else [None] * len(taken)
             for (b, _), (_, h, _), c in zip(items, taken, projected):
@@ -539,15 +539,19 @@ class AnyGPTModel(nn.Module):
                     runs.append(SignalRun(m, list(range(start, start + n))))
         return sorted(runs, key=lambda r: r.positions[0])
 
-    def reads(self, run: SignalRun, reply_start: int) -> list[int]:
+    def reads(self, run: SignalRun, reply_start: int, earlier: Sequence[SignalRun] = ()) -> list[int]:
         """The positions an output projector reads for `run`, in a row whose assistant reply begins at
         `reply_start`: the run's signal tokens, or (`config.projector.reads == "reply"`) the reply's
-        words before it as well, where the request's attributes are named."""
-        first = reply_start if self.config.projector.reads == "reply" else run.positions[0]
+        words before it as well, where the request's attributes are named; from the reply's start or,
+        when `earlier` runs of the row end inside the reply, from the end of the last of them, so
+        that in "Here is X. [IMG..] Here is Y. [AUD..]" the sound's projector reads only its sentence."""
+        first = run.positions[0]
+        if self.config.projector.reads == "reply":
+            first = max([reply_start] + [r.positions[-1] + 1 for r in earlier if r.positions[-1] < run.positions[0]])
         return list(range(first, run.positions[-1] + 1))
 
     def signal_string(self, modality: str) -> str:
-        """A modality's run of signal tokens as text, as the assistant writes it after its words."""
+        """A modality's run of signal tokens as text, as the assistant writes it after the sentence that names it."""
         return "".join(self.signal.tokens[modality])
 
     def reply_text(self, ids: list[int]) -> str:
@@ -581,7 +585,7 @@ class AnyGPTModel(nn.Module):
         if hidden is not None and max(run.positions[-1] for run in runs) < hidden.shape[0]:
             embeds = self.llm.get_input_embeddings()(torch.tensor(ids, device=hidden.device))
             for run in runs:
-                run.reads = self.reads(run, 0)
+                run.reads = self.reads(run, 0, runs)
             return self.project_runs([(run.modality, hidden[run.reads], embeds[run.reads]) for run in runs])
         full = self.forward([Conversation(list(turns), list(ids))])
         offset = full.batch.prompt_lengths[0]

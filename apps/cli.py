@@ -175,6 +175,8 @@ def toyworld(
     counts: Annotated[Optional[str], typer.Option(help="Per-modality counts, e.g. image=3000,audio=1500 "
                                                        "(overrides --n).")] = None,
     dialogs: Annotated[int, typer.Option(help="Also write this many instruction dialogs (dialogs.jsonl).")] = 0,
+    two_outputs: Annotated[float, typer.Option(help="Share of the dialogs' requests for media that ask for "
+                                                    "two items.")] = 0.2,
 ) -> None:
     """Write a synthetic toy-world dataset (images, audio, video, depth + manifest.jsonl)."""
     from anygpt.data.dialogs import make_dialogs
@@ -187,7 +189,9 @@ def toyworld(
     else:
         manifest = toyworld_main(out, n=n, seed=seed, split=split)
     if dialogs:
-        print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split)}")
+        if not 0 <= two_outputs <= 1:
+            raise typer.BadParameter(f"--two-outputs is a share from 0 to 1, got {two_outputs}")
+        print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split, two_outputs=two_outputs)}")
 
 
 @_command(app, "eval")

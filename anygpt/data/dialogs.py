@@ -6,13 +6,16 @@ Four kinds, so the LLM learns when to make media and when not to:
 - mix:  both, and several outputs at once ("describe this clip, then draw its shape in green");
 - chat: plain questions that must get plain text and no signal token.
 
-An assistant turn is stored as its words plus a list of outputs (modality + caption). The
-trainer writes each output's signal tokens after the words, so the file does not depend on
-how many signal tokens a config uses; the captions are the decoder-side targets.
+An assistant turn is stored as its words plus a list of outputs (modality + caption + `at`, the
+character offset in the words where the output's signal tokens go: right after the sentence that
+names it, as NExT-GPT's replies place them; an output without `at` goes after the words). The
+trainer writes the signal tokens there, so the file does not depend on how many signal tokens a
+config uses; the captions are the decoder-side targets.
 
 One dialog a line of `dialogs.jsonl`, next to the toy dataset whose files it attaches:
   {"id", "kind", "split", "turns": [{"role", "text", "media": [{"modality", "path"}], "outputs": [...]}],
    "expect": {"outputs": [modality, ...], "answer": {attribute: value}}}
+  with outputs {"modality", "caption", "at"}.
 """
 
 from __future__ import annotations
@@ -123,8 +126,10 @@ def _ask(rng, modality, example, split):
     return question, answer, expected
 
 
-def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str, list[dict]]) -> dict:
-    """One dialog of a kind; `pool` maps input modality -> manifest examples to attach."""
+def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str, list[dict]],
+                two_outputs: float = 0.2) -> dict:
+    """One dialog of a kind; `pool` maps input modality -> manifest examples to attach; a "make"
+    dialog asks for two items with probability `two_outputs`, else one."""
     if kind == "chat":
         q, a = _pick(rng, CHAT[split])
         turns = [{"role": "user", "text": q, "media": []}, {"role": "assistant", "text": a, "outputs": []}]
@@ -137,14 +142,15 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
                  {"role": "assistant", "text": a, "outputs": []}]
         return {"kind": kind, "turns": turns, "expect": {"outputs": [], "answer": expected, "about": modality}}
     if kind == "make":
-        n_out = 1 if rng.random() < 0.8 else 2
+        n_out = 2 if rng.random() >= 1 - two_outputs else 1
         modalities = list(rng.choice(OUTPUT_MODALITIES, size=n_out, replace=False))
         asks, replies, outputs = [], [], []
         for m in modalities:
             desc = _describe(_make_target(rng, m, split), m)
             asks.append(_pick(rng, MAKE[m][split]).format(desc=desc).rstrip("?"))
             replies.append(_pick(rng, REPLY[m]).format(desc=desc))
-            outputs.append({"modality": m, "caption": desc})
+            # each output's run right after its own sentence ("Here is X. [IMG..] Here is Y. [AUD..]")
+            outputs.append({"modality": m, "caption": desc, "at": len(" ".join(replies))})
         text = " and ".join(asks) + ("?" if rng.random() < 0.3 else "")
         turns = [{"role": "user", "text": text, "media": []},
                  {"role": "assistant", "text": " ".join(replies), "outputs": outputs}]
@@ -162,7 +168,7 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
     desc = f"a {colour} {labels['shape']}"
     answer = f"{_describe(labels, modality).capitalize()}. Here is {desc}."
     turns = [{"role": "user", "text": text, "media": [{"modality": modality, "path": example["path"]}]},
-             {"role": "assistant", "text": answer, "outputs": [{"modality": "image", "caption": desc}]}]
+             {"role": "assistant", "text": answer, "outputs": [{"modality": "image", "caption": desc, "at": len(answer)}]}]
     expected = {k: labels[k] for k in ("color", "shape", "direction") if k in labels}
     return {"kind": kind, "turns": turns, "expect": {"outputs": ["image"], "answer": expected, "about": modality}}
 
@@ -177,13 +183,15 @@ def request_dialog(rng: np.random.Generator, example: dict, split: str = "train"
     text = _pick(rng, MAKE[m][split]).format(desc=example["caption"])
     reply = _pick(rng, REPLY[m]).format(desc=_describe(labels, m))
     turns = [{"role": "user", "text": text, "media": []},
-             {"role": "assistant", "text": reply, "outputs": [{"modality": m, "caption": example["caption"]}]}]
+             {"role": "assistant", "text": reply,
+              "outputs": [{"modality": m, "caption": example["caption"], "at": len(reply)}]}]
     return {"kind": "make", "turns": turns, "expect": {"outputs": [m], "answer": {}}}
 
 
 def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train",
-                 mix: dict[str, float] | None = None) -> Path:
-    """Write `dialogs.jsonl` beside a toy-world manifest, attaching that dataset's files."""
+                 mix: dict[str, float] | None = None, two_outputs: float = 0.2) -> Path:
+    """Write `dialogs.jsonl` beside a toy-world manifest, attaching that dataset's files. `two_outputs`:
+    the share of "make" requests that ask for two items (the eval's held-out dialogs keep 0.2)."""
     manifest = Path(manifest)
     examples = read_manifest(manifest)
     pool = {m: [e for e in examples if e["modality"] == m] for m in OUTPUT_MODALITIES}
@@ -192,7 +200,7 @@ def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train
     lines = []
     for i in range(n):
         rng = np.random.default_rng([seed, tw.SPLITS.index(split), i])
-        dialog = make_dialog(rng, kinds[rng.choice(len(kinds), p=p)], split, pool)
+        dialog = make_dialog(rng, kinds[rng.choice(len(kinds), p=p)], split, pool, two_outputs)
         for turn in dialog["turns"]:  # paths relative to the dialogs file, as in manifests
             for item in turn.get("media", []):
                 item["path"] = str(Path(item["path"]).relative_to(manifest.parent.resolve()))
@@ -218,6 +226,10 @@ def read_dialogs(path: str | Path) -> list[dict]:
             for turn in turns:
                 for item in turn.get("media", []):
                     item["path"] = str((path.parent / item["path"]).resolve())
+                for output in turn.get("outputs", []):
+                    at = output.get("at", len(turn["text"]))
+                    assert type(at) is int and 0 <= at <= len(turn["text"]), \
+                        f"output 'at' {at!r} is not an offset in the turn's text"
         except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as e:
             raise InputError(f"{path} line {number}: not a dialog ({type(e).__name__}: {e})") from None
         dialogs.append(dialog)

@@ -77,11 +77,23 @@ def stage3_samples(model: AnyGPTModel, dialogs: list[dict]) -> list[Sample]:
                 turns.append(Turn("user", t["text"], [(i["modality"], i["path"]) for i in t.get("media", [])]))
             else:
                 runs = [o for o in t.get("outputs", []) if o["modality"] in model.output_projectors]
-                text = " ".join([t["text"]] + [model.signal_string(o["modality"]) for o in runs]).strip()
-                turns.append(Turn("assistant", text))
+                runs = sorted(runs, key=lambda o: o.get("at", len(t["text"])))  # stable: file order at one place
+                turns.append(Turn("assistant", place_runs(model, t["text"], runs)))
                 outputs += [(o["modality"], o["caption"]) for o in runs]
         out.append(Sample(turns, outputs))
     return out
+
+
+def place_runs(model: AnyGPTModel, text: str, runs: list[dict]) -> str:
+    """The assistant's words with each output's signal tokens written at its `at` (after the words
+    when it has none): "Here is a red circle. [IMG0]..[IMG3] Here is a rising sweep. [AUD0]..".
+    `runs` sorted by `at`."""
+    pieces, done = [], 0
+    for o in runs:
+        at = o.get("at", len(text))
+        pieces += [text[done:at], " " + model.signal_string(o["modality"])]
+        done = at
+    return ("".join(pieces) + text[done:]).strip()
 
 
 def tokenize_sample(model: AnyGPTModel, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,6 +66,33 @@ def test_inference_and_training_give_the_same_states_and_conditionings(tiny, mon
     assert total.item() == pytest.approx(logs["lm"] + logs["mse"], rel=1e-5)
 
 
+def test_a_second_run_reads_its_own_sentence_only(tiny, monkeypatch):
+    """With `reads = "reply"`, in "Here is X. [IMG..] Here is Y. [AUD..]" the second run's projector
+    reads from the end of the first run, in the training forward and from generation's states alike."""
+    model = tiny.model
+    projector = model.config.projector.model_copy(update={"reads": "reply"})
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={"projector": projector}))
+    text = (f"Here is a red circle. {model.signal_string('image')} "
+            f"Here is a rising sweep. {model.signal_string('audio')}")
+    history = [Turn("user", "draw a red circle and play a rising sweep"), Turn("assistant", text)]
+    with torch.no_grad():
+        out = model([history])
+    first, second = out.runs[0]
+    start = len(model.tokenize(history[:1]))
+    assert first.reads == list(range(start, first.positions[-1] + 1))
+    assert second.reads == list(range(first.positions[-1] + 1, second.positions[-1] + 1))
+    assert [s.shape[0] for s in out.states[0]] == [len(first.reads), len(second.reads)]
+    # the inference path: the reply's own ids and the forward's states as if generation had kept them
+    ids = out.batch.ids[0][start:]
+    hidden = model.llm(inputs_embeds=out.batch.inputs_embeds, output_hidden_states=True).hidden_states[-1][0, start:]
+    runs = model.find_runs(ids)
+    with torch.no_grad():
+        made = model.signal_conditioning(history[:1], ids, runs, hidden.detach())
+    assert [r.reads for r in runs] == [[p - start for p in first.reads], [p - start for p in second.reads]]
+    for got, want in zip(made, out.conditionings[0]):
+        assert torch.allclose(got, want, atol=1e-4)
+
+
 @torch.inference_mode()
 def test_a_prompt_is_its_conversation_rendered_with_the_media_spliced_in(tiny, media_dir):
     model = tiny.model

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from anygpt import AnyGPT
 from anygpt.data import toyworld
 from anygpt.data.dialogs import make_dialogs, read_dialogs
+from anygpt.errors import InputError
 from anygpt.train.stages import tokenize_sample, stage3_samples, train_stage
 
 
@@ -54,11 +55,39 @@ def test_request_dialogs_ask_for_the_caption_and_reply_before_the_signal_tokens(
         assert e["caption"] in user["text"] and any(
             user["text"] == ask.format(desc=e["caption"]) for ask in MAKE["image"]["train"])
         assert e["attributes"]["color"] in reply["text"] and e["attributes"]["shape"] in reply["text"]
-        assert reply["outputs"] == [{"modality": "image", "caption": e["caption"]}]
+        assert reply["outputs"] == [{"modality": "image", "caption": e["caption"], "at": len(reply["text"])}]
     sample = stage3_samples(tiny.model, [dialog])[0]
     assert sample.outputs == [("image", examples[-1]["caption"])]
     text = sample.turns[-1].text
     assert text.startswith(reply["text"]) and text.endswith(tiny.model.signal_string("image"))
+
+
+def test_each_run_follows_the_sentence_that_names_it(tiny, tmp_path):
+    """A two-output reply is written "Here is X. [IMG..] Here is Y. [AUD..]" (NExT-GPT's form), so the
+    LLM learns to make each item where it names it; an output without `at` goes after the words."""
+    manifest = toyworld.make_dataset(tmp_path, n_per_modality=4, seed=0)
+    dialogs = read_dialogs(make_dialogs(manifest, 60, seed=3, mix={"make": 1.0}))
+    two = [d for d in dialogs if len(d["turns"][1]["outputs"]) == 2]
+    assert two, "some requests ask for two items"
+    reply = two[0]["turns"][1]
+    first, second = reply["outputs"]
+    assert 0 < first["at"] < second["at"] == len(reply["text"])
+    assert first["caption"] in reply["text"][:first["at"]] and first["caption"] not in reply["text"][first["at"]:]
+    text = stage3_samples(tiny.model, [two[0]])[0].turns[-1].text
+    sig = [tiny.model.signal_string(o["modality"]) for o in (first, second)]
+    assert text == f'{reply["text"][:first["at"]]} {sig[0]}{reply["text"][first["at"]:]} {sig[1]}'
+    ids, _ = tokenize_sample(tiny.model, stage3_samples(tiny.model, [two[0]])[0])
+    assert [r.modality for r in tiny.model.find_runs(ids.tolist())] == [first["modality"], second["modality"]]
+    del first["at"], second["at"]  # older files: after the words, in order
+    assert stage3_samples(tiny.model, [two[0]])[0].turns[-1].text == f"{reply['text']} {sig[0]} {sig[1]}"
+
+
+def test_an_output_offset_outside_its_text_is_refused(tmp_path):
+    bad = {"id": "x", "kind": "make", "turns": [{"role": "user", "text": "draw"},
+           {"role": "assistant", "text": "Here.", "outputs": [{"modality": "image", "caption": "c", "at": 9}]}]}
+    (tmp_path / "dialogs.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(InputError, match="line 1.*'at' 9"):
+        read_dialogs(tmp_path / "dialogs.jsonl")
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
