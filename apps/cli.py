@@ -316,7 +316,7 @@ def train_tiny_audio_cmd(
     unet_steps: int = 1000, batch_size: int = 32, seed: int = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each part early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
-    parts: Annotated[str, typer.Option(help="What to train: vae, unet (comma-separated; "
+    parts: Annotated[str, typer.Option(help="What to train: vae (or vae-decoder: its decoder alone, the UNet's latents kept), unet (comma-separated; "
                                             "a subset needs --init).")] = "vae,unet",
     init: Annotated[Optional[str], typer.Option(help="Start from a trained decoder folder, e.g. anygpt:tiny/audio.")] = None,
     zero_snr: Annotated[bool, typer.Option(help="Noise schedule ending in pure noise, with v-prediction "

@@ -382,14 +382,15 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
     Nothing is trained to make the wave: the vocoder is Griffin-Lim (decoders/spectral.py). `init`
     starts from a trained decoder folder and `parts` picks what to (re)train, e.g. a longer UNet run
     on the shipped VAE: parts=("unet",), init="anygpt:tiny/audio". (The UNet's latents come from the
-    VAE: retraining the VAE means retraining the UNet.) `zero_snr` and `unet_lr` as in
-    `train_tiny_image_and_video`."""
+    VAE: retraining the VAE means retraining the UNet.) `parts=("vae-decoder",)` fits only the VAE's
+    decoder further on whole spectrograms (`vae_decoder_steps`); the encoder, so the UNet's latents, stay
+    as they are. `zero_snr` and `unet_lr` as in `train_tiny_image_and_video`."""
     from anygpt.config import resolve_path
     from decoders import AudioDecoder
 
-    unknown = set(parts) - {"vae", "unet"}
-    if unknown or not parts:
-        raise ValueError(f"parts must be some of vae, unet; got {sorted(parts)}")
+    unknown = set(parts) - {"vae", "vae-decoder", "unet"}
+    if unknown or not parts or {"vae", "vae-decoder"} <= set(parts):
+        raise ValueError(f"parts must be some of vae (or vae-decoder), unet; got {sorted(parts)}")
     if init is None and set(parts) != {"vae", "unet"}:
         raise ValueError("training only some parts needs `init`, a trained decoder folder to start from")
 
@@ -415,6 +416,10 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         summaries["vae"] = train_vae(pipe.vae, specs[:, None], out / "audio-vae", steps=vae_steps,
                                      batch_size=min(batch_size, 16), seed=seed, max_steps=max_steps, device=device,
                                      crop=VAE_CROP_FRAMES)
+        summaries["vae-decoder"] = train_vae_decoder(pipe.vae, specs[:, None], out / "audio-vae",
+                                                     steps=vae_decoder_steps, batch_size=min(batch_size, 8),
+                                                     seed=seed, max_steps=max_steps, device=device)
+    if "vae-decoder" in parts:
         summaries["vae-decoder"] = train_vae_decoder(pipe.vae, specs[:, None], out / "audio-vae",
                                                      steps=vae_decoder_steps, batch_size=min(batch_size, 8),
                                                      seed=seed, max_steps=max_steps, device=device)

@@ -279,6 +279,21 @@ def test_tiny_audio_training_smoke(toy_data, tmp_path):
     decoder = AudioDecoder.from_pretrained(tmp_path / "audio")
     assert decoder.conditioning.shape == (1, 384) and type(decoder.pipeline.vocoder).__name__ == "GriffinLimVocoder"
 
+    # the VAE's decoder alone, further: the encoder (so the UNet's latents) and the UNet stay as they were
+    again = train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "again", parts=("vae-decoder",),
+                             init=tmp_path / "audio", vae_decoder_steps=2, batch_size=2)
+    assert set(again) == {"vae-decoder"}
+    after = AudioDecoder.from_pretrained(tmp_path / "again" / "audio").pipeline
+    before = decoder.pipeline
+    for kept in ("encoder", "quant_conv"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(before.vae, kept).parameters(),
+                                                     getattr(after.vae, kept).parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before.unet.parameters(), after.unet.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before.vae.decoder.parameters(), after.vae.decoder.parameters()))
+    with pytest.raises(ValueError, match="vae-decoder"):
+        train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "bad", parts=("vae", "vae-decoder"),
+                         init=tmp_path / "audio")
+
 
 def test_export_writes_half_precision_parts_with_their_recipe(toy_data, tmp_path):
     from anygpt.config import resolve_path, weights_dir
