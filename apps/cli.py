@@ -322,6 +322,8 @@ def train_tiny_audio_cmd(
     zero_snr: Annotated[bool, typer.Option(help="Noise schedule ending in pure noise, with v-prediction "
                                                 "(README: the decoders' noise schedule).")] = False,
     unet_lr: Annotated[float, typer.Option(help="The UNet's learning rate.")] = 1e-3,
+    vae_loud_weight: Annotated[float, typer.Option(help="With --parts vae-decoder: weight of the loud parts "
+                                                        "of the spectrogram in its loss (README).")] = 0.0,
 ) -> None:
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio
@@ -329,7 +331,7 @@ def train_tiny_audio_cmd(
     train_tiny_audio(data, out, vae_steps=vae_steps, vae_decoder_steps=vae_decoder_steps, unet_steps=unet_steps,
                      batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
-                     zero_snr=zero_snr, unet_lr=unet_lr)
+                     zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight)
 
 
 @_command(train_app, "projectors")

@@ -12,7 +12,7 @@ PY=${PY:-python3}
 CLI="$PY -m apps.cli"
 DATA=$W/toy-train
 RUNS=$W/runs
-[ -f "$DATA/dialogs.jsonl" ] || $CLI toyworld "$DATA" --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000
+[ -f "$DATA/dialogs.jsonl" ] || $CLI toyworld "$DATA" --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4
 $CLI train stage1 --data "$DATA/manifest.jsonl" --out "$RUNS/stage1" --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3
 $CLI train stage2 --data "$DATA/manifest.jsonl" --init "$RUNS/stage1/model" --out "$RUNS/stage2" --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3
 $CLI train stage3 --data "$DATA/dialogs.jsonl" --init "$RUNS/stage2/model" --out "$RUNS/stage3" --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4
@@ -26,7 +26,7 @@ $CLI train projectors --init "$RUNS/stage3/model" --out "$RUNS/projectors-audio"
 $CLI train projectors --init "$RUNS/projectors-audio/model" --out "$RUNS/projectors-image" $IMG_PROJ
 $CLI train projectors --init "$RUNS/projectors-image/model" --out "$RUNS/projectors" $VID_PROJ
 $CLI train export-tiny model --source "$RUNS/projectors/model" --data "$DATA" \
-  --command "anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000" \
+  --command "anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4" \
   --command "anygpt train stage1 --data $DATA/manifest.jsonl --out $RUNS/stage1 --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3" \
   --command "anygpt train stage2 --data $DATA/manifest.jsonl --init $RUNS/stage1/model --out $RUNS/stage2 --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3" \
   --command "anygpt train stage3 --data $DATA/dialogs.jsonl --init $RUNS/stage2/model --out $RUNS/stage3 --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4" \
