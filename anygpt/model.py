@@ -23,6 +23,7 @@ weights (`merge_lora`); `train()` unmerges it.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -555,8 +556,9 @@ class AnyGPTModel(nn.Module):
         return "".join(self.signal.tokens[modality])
 
     def reply_text(self, ids: list[int]) -> str:
-        """The reply with signal tokens (and other special tokens) removed."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        """The reply with signal tokens (and other special tokens) removed; a run between two sentences
+        leaves one space, not two ("Here is X. [IMG..] Here is Y." -> "Here is X. Here is Y.")."""
+        return re.sub(r"(?<=\S)  +(?=\S)", " ", self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
 
     # -- 4. signal tokens -> decoder conditioning ---------------------------------------------
     def project_runs(self, runs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:

@@ -91,6 +91,7 @@ def test_a_second_run_reads_its_own_sentence_only(tiny, monkeypatch):
     assert [r.reads for r in runs] == [[p - start for p in first.reads], [p - start for p in second.reads]]
     for got, want in zip(made, out.conditionings[0]):
         assert torch.allclose(got, want, atol=1e-4)
+    assert model.reply_text(ids) == "Here is a red circle. Here is a rising sweep."  # one space where a run was
 
 
 @torch.inference_mode()
