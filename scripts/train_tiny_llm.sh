@@ -19,9 +19,10 @@ $CLI train stage3 --data "$DATA/dialogs.jsonl" --init "$RUNS/stage2/model" --out
 # The output projectors, refit on cached LLM states against the decoders (cannot collapse; README)
 # (the audio and video projectors are rebuilt for their decoders' 1x384 and 16x384; each modality its own setting)
 # (--reads reply: each projector reads the reply's words up to its run as well as the signal tokens; README)
+# (README: "Each run after its sentence" for the settings and the minutes they took)
 AUD_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 1000 --seed 0 --reads reply --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000"
-IMG_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 1000 --seed 0 --reads reply --modalities image --decoder image=anygpt:tiny/image --contrastive-weight 1.0 --steps 8000"
-VID_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 1000 --seed 0 --reads reply --modalities video --decoder video=anygpt:tiny/video --contrastive-weight 1.0 --steps 8000"
+IMG_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 300 --seed 0 --reads reply --modalities image --decoder image=anygpt:tiny/image --contrastive-weight 1.0 --steps 5000"
+VID_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 300 --seed 0 --reads reply --modalities video --decoder video=anygpt:tiny/video --contrastive-weight 1.0 --steps 5000"
 $CLI train projectors --init "$RUNS/stage3/model" --out "$RUNS/projectors-audio" $AUD_PROJ
 $CLI train projectors --init "$RUNS/projectors-audio/model" --out "$RUNS/projectors-image" $IMG_PROJ
 $CLI train projectors --init "$RUNS/projectors-image/model" --out "$RUNS/projectors" $VID_PROJ
