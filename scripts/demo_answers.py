@@ -31,13 +31,16 @@ def main(out: str, prompts: list[str], tile: int = 192, frame: int = 64) -> None
         x = i * width
         draw.text((x + 6, 4), f"you: {prompt}", fill=(0, 0, 0))
         draw.text((x + 6, 20), f"anygpt: {reply.text}"[:80], fill=(0, 0, 128))
+        # a picture fills the tile; a clip is a row of frames, under the picture when the answer has both
+        side = tile - frame - 4 if reply.videos else tile
         if reply.images:
-            picture = reply.images[0].image.convert("RGB").resize((tile, tile), Image.NEAREST)
-            canvas.paste(picture, (x + (width - tile) // 2, 44))
-        elif reply.videos:
+            picture = reply.images[0].image.convert("RGB").resize((side, side), Image.NEAREST)
+            canvas.paste(picture, (x + (width - side) // 2, 44))
+        if reply.videos:
+            y = 44 + (tile - frame if reply.images else (tile - frame) // 2)
             for k, still in enumerate(reply.videos[0].frames):
                 small = Image.fromarray(still).convert("RGB").resize((frame, frame), Image.NEAREST)
-                canvas.paste(small, (x + 6 + k * frame, 44 + (tile - frame) // 2))
+                canvas.paste(small, (x + 6 + k * frame, y))
     canvas.save(out)
     print(f"wrote {out}")
 
