@@ -322,8 +322,8 @@ def train_tiny_audio_cmd(
     zero_snr: Annotated[bool, typer.Option(help="Noise schedule ending in pure noise, with v-prediction "
                                                 "(README: the decoders' noise schedule).")] = False,
     unet_lr: Annotated[float, typer.Option(help="The UNet's learning rate.")] = 1e-3,
-    vae_loud_weight: Annotated[float, typer.Option(help="With --parts vae-decoder: weight of the loud parts "
-                                                        "of the spectrogram in its loss (README).")] = 0.0,
+    vae_loud_weight: Annotated[float, typer.Option(help="The VAE decoder's fit (--parts vae or vae-decoder): "
+                                                        "weight of the spectrogram's loud parts (README).")] = 0.0,
 ) -> None:
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio

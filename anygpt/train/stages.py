@@ -77,7 +77,7 @@ def stage3_samples(model: AnyGPTModel, dialogs: list[dict]) -> list[Sample]:
                 turns.append(Turn("user", t["text"], [(i["modality"], i["path"]) for i in t.get("media", [])]))
             else:
                 runs = [o for o in t.get("outputs", []) if o["modality"] in model.output_projectors]
-                runs = sorted(runs, key=lambda o: o.get("at", len(t["text"])))  # stable: file order at one place
+                runs = sorted(runs, key=lambda o: o.get("at", len(t["text"])))  # in reply order (stable)
                 turns.append(Turn("assistant", place_runs(model, t["text"], runs)))
                 outputs += [(o["modality"], o["caption"]) for o in runs]
         out.append(Sample(turns, outputs))

@@ -424,10 +424,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         summaries["vae"] = train_vae(pipe.vae, specs[:, None], out / "audio-vae", steps=vae_steps,
                                      batch_size=min(batch_size, 16), seed=seed, max_steps=max_steps, device=device,
                                      crop=VAE_CROP_FRAMES)
-        summaries["vae-decoder"] = train_vae_decoder(pipe.vae, specs[:, None], out / "audio-vae",
-                                                     steps=vae_decoder_steps, batch_size=min(batch_size, 8),
-                                                     seed=seed, max_steps=max_steps, device=device)
-    if "vae-decoder" in parts:
+    if "vae" in parts or "vae-decoder" in parts:  # after a whole VAE, or alone: its decoder on whole clips
         summaries["vae-decoder"] = train_vae_decoder(pipe.vae, specs[:, None], out / "audio-vae",
                                                      steps=vae_decoder_steps, batch_size=min(batch_size, 8),
                                                      seed=seed, max_steps=max_steps, device=device,
