@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-GENERATOR_VERSION = "2"  # 2: the held-out sounds cover all eight kinds
+GENERATOR_VERSION = "3"  # 2: the held-out sounds cover all eight kinds; 3: depth maps hold disparity in the encoder's units
 SPLITS = ("train", "heldout")
 MODALITIES = ("image", "audio", "video", "depth")
 
@@ -44,7 +44,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 DIRECTIONS = ("left", "right", "up", "down")  # image coordinates: "down" is towards the bottom row
 DISTANCES = ("near", "far")
-DISPARITY = {"near": (0.7, 1.0), "far": (0.15, 0.45)}  # disparity ranges; the background is 0
+# Disparity ranges in ImageBind's units (pixels; the encoder clamps at 75, see encoders/README.md); the
+# background is 0. A depth PNG holds these values as they are, so a map read from its file is the one rendered.
+DISPARITY = {"near": (52.0, 75.0), "far": (11.0, 34.0)}
 AUDIO_KINDS = ("low tone", "middle tone", "high tone", "rising sweep", "falling sweep",
                "noise burst", "pulsing beeps", "warbling tone")
 PITCH_BANDS = {"low tone": (150.0, 300.0), "middle tone": (450.0, 900.0), "high tone": (1600.0, 3200.0)}  # Hz
@@ -325,7 +327,7 @@ def sample_depth(rng: np.random.Generator, split: str = "train", *, canvas: int 
     labels = _pick_labels(rng, "depth", split, {"shape": shape, "distance": distance})
     size = _u(rng, 0.3, 0.6) if labels["distance"] == "near" else _u(rng, 0.2, 0.45)  # near things look bigger
     cx, cy = _place(rng, size)
-    return DepthSpec(labels["shape"], labels["distance"], _u(rng, *DISPARITY[labels["distance"]]), cx, cy, size, canvas)
+    return DepthSpec(labels["shape"], labels["distance"], _u(rng, *DISPARITY[labels["distance"]], 2), cx, cy, size, canvas)
 
 
 def sample(modality: str, rng: np.random.Generator, split: str = "train", **kwargs) -> Spec:
@@ -380,8 +382,8 @@ def render_video(spec: VideoSpec) -> np.ndarray:
 
 
 def render_depth(spec: DepthSpec) -> np.ndarray:
-    """float32 [H, W] disparity in [0, 1]."""
-    return shape_coverage(spec.shape, spec.cx, spec.cy, spec.size, spec.canvas) * np.float32(spec.disparity)
+    """float32 [H, W] disparity (see DISPARITY), rounded to whole units as its 16-bit PNG holds it."""
+    return np.round(shape_coverage(spec.shape, spec.cx, spec.cy, spec.size, spec.canvas) * np.float32(spec.disparity))
 
 
 def render_audio(spec: AudioSpec) -> np.ndarray:
@@ -474,18 +476,17 @@ def load_video(path: str | Path) -> np.ndarray:
 
 
 def save_depth(path: str | Path, disparity: np.ndarray) -> None:
-    """16-bit grayscale PNG; 0 → 0, 1 → 65535."""
-    Image.fromarray(np.round(np.clip(disparity, 0, 1) * 65535).astype(np.uint16)).save(path)
+    """16-bit grayscale PNG whose values are the disparity (rounded), as the encoder reads a depth PNG."""
+    Image.fromarray(np.round(np.clip(disparity, 0, 65535)).astype(np.uint16)).save(path)
 
 
 def load_depth(path: str | Path) -> np.ndarray:
-    """float32 [H, W] in [0, 1], from a 16-bit or 8-bit grayscale PNG."""
+    """float32 [H, W] disparity, the values of a 16-bit or 8-bit grayscale PNG as they are."""
     with Image.open(path) as im:
         a = np.asarray(im)
     if a.ndim == 3:
         a = a[..., :3].mean(axis=-1) if a.dtype == np.uint8 else a[..., 0]
-    scale = 255.0 if a.dtype == np.uint8 else 65535.0
-    return (a.astype(np.float32) / scale).clip(0, 1)
+    return a.astype(np.float32)
 
 
 def load(modality: str, path: str | Path) -> np.ndarray:

@@ -212,16 +212,15 @@ _NEAR_FAR = (DISPARITY["far"][1] + DISPARITY["near"][0]) / 2
 
 
 def probe_depth(disparity: np.ndarray) -> dict[str, str]:
-    """Shape and distance (near = high disparity) of the object in a disparity map: float in [0, 1],
-    uint8 or uint16 [H, W] (or [H, W, C], first channel)."""
+    """Shape and distance (near = high disparity) of the object in a disparity map [H, W] (or
+    [H, W, C], first channel), in the toy world's units (see DISPARITY), any dtype."""
     d = np.asarray(disparity)
     if d.ndim == 3:
         d = d[..., 0]
     if d.ndim != 2:
         raise ValueError(f"expected a disparity map [H, W], got shape {d.shape}")
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(d.dtype, 1.0)
-    d = d.astype(np.float32) / scale
-    blob = _find_blob(d[..., None] * 255, min_contrast=20)
+    d = d.astype(np.float32)
+    blob = _find_blob(d[..., None] * (255 / DISPARITY["near"][1]), min_contrast=20)
     if not blob:
         return {"shape": UNKNOWN, "distance": UNKNOWN}
     return {"shape": blob.shape, "distance": "near" if np.median(d[blob.mask]) > _NEAR_FAR else "far"}

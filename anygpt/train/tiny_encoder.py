@@ -15,8 +15,12 @@ is recognised whatever the others are: grey images and clips for shape and direc
 the encoder reads direction from colour on the held-out colour-direction pairs); for sounds, copies
 cut shorter than any length class for their kind, and copies flattened across frequency for their
 length. In the toy world's training split each kind comes in one length only, so without them the
-encoder reads kind from length and length from kind. No change makes a held-out kind-length pair:
-a cut copy is neither short nor long, a flattened one has no kind.
+encoder reads kind from length and length from kind. Depth maps likewise: copies whose object stands
+at a disparity between the near and far ranges for shape, and copies with the object redrawn as a bar or an
+ellipse at its disparity (the distance stays, the shape goes) for distance (every training triangle is far, and the
+held-out pair is a near triangle). No change makes a held-out pair: a cut copy is neither short nor
+long, a flattened sound has no kind, a levelled map is neither near nor far, a redrawn one is no
+toy-world shape.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from anygpt.data.manifest import read_manifest
-from anygpt.data.toyworld import LABELS
+from anygpt.data.toyworld import DISPARITY, LABELS
 from anygpt.train.loop import LoopSettings, console, train
 from encoders import ImageBindEncoder
+from encoders.preprocess import DEPTH_MAX_DISPARITY, DEPTH_MEAN, DEPTH_STD
 
 MODALITIES = ("image", "audio", "video", "depth")
 
@@ -74,11 +79,52 @@ def flatten_spectrum(x: torch.Tensor) -> torch.Tensor:
     return x.mean(-2, keepdim=True).expand_as(x)
 
 
+# A disparity between the far and near ranges: a map levelled to it is neither near nor far.
+LEVEL_DISPARITY = (DISPARITY["far"][1] + DISPARITY["near"][0]) / 2
+
+
+def level_depth(x: torch.Tensor) -> torch.Tensor:
+    """Preprocessed depth maps [N, 1, H, W] with the object (everything above the background, the
+    map's lowest value) moved to `LEVEL_DISPARITY`, edges scaled alike: the outline stays, the
+    distance goes."""
+    background = x.amin((-2, -1), keepdim=True)
+    cover = (x - background) / (x.amax((-2, -1), keepdim=True) - background).clamp_min(1e-6)
+    level = (LEVEL_DISPARITY / DEPTH_MAX_DISPARITY - DEPTH_MEAN) / DEPTH_STD
+    return background + cover * (level - background)
+
+
+def reshape_object(x: torch.Tensor, rng: np.random.Generator, supersample: int = 2) -> torch.Tensor:
+    """Each map [N, 1, H, W] with its object redrawn as a bar or an ellipse (sides 1 : 0.3-0.6, any
+    angle), about as large and at the same disparity: the distance stays, the shape goes and is none
+    of the toy world's. The depth stem sees a map's level only at the object's edges (a patch inside
+    it is a constant, which the stem's LayerNorm cancels), so the new edges run every way."""
+    n, _, h, w = x.shape
+    background = x.amin((-2, -1), keepdim=True)
+    level = x.amax((-2, -1), keepdim=True)
+    inside = x > background + 0.5 * (level - background)
+    ys = (torch.arange(h * supersample, dtype=torch.float32) + 0.5) / (h * supersample)
+    xs = (torch.arange(w * supersample, dtype=torch.float32) + 0.5) / (w * supersample)
+    out = []
+    for i in range(n):
+        rows, cols = inside[i, 0].nonzero(as_tuple=True)
+        cy, cx = (rows.float().mean() + 0.5) / h, (cols.float().mean() + 0.5) / w
+        extent = max(float(rows.max() - rows.min() + 1) / h, float(cols.max() - cols.min() + 1) / w) / 2
+        a, b = extent, extent * rng.uniform(0.3, 0.6)
+        angle = rng.uniform(0, np.pi)
+        u = (xs[None, :] - cx) * np.cos(angle) + (ys[:, None] - cy) * np.sin(angle)
+        v = -(xs[None, :] - cx) * np.sin(angle) + (ys[:, None] - cy) * np.cos(angle)
+        shape = (u / a) ** 2 + (v / b) ** 2 <= 1 if rng.random() < 0.5 else (u.abs() <= a) & (v.abs() <= b)
+        out.append(shape.float().view(h, supersample, w, supersample).mean((1, 3)))
+    cover = torch.stack(out)[:, None]
+    return background + cover * (level - background)
+
+
 # For each view, a change to the item that keeps what the view names (applied to part of a batch).
 VIEW_CHANGES = {
     "image": {"shape": "grey"},
     "video": {"shape": "grey", "direction": "grey"},
     "audio": {"kind": "cut", "length": "flat"},
+    "depth": {"shape": "level", "distance": "reshape"},
 }
 
 
@@ -90,6 +136,10 @@ def changed(name: str, x: torch.Tensor, rows: np.ndarray, rng: np.random.Generat
         new = cut_short(x, torch.from_numpy(rng.uniform(*CUT_SECONDS, len(x))).float())
     elif name == "flat":
         new = flatten_spectrum(x)
+    elif name == "level":
+        new = level_depth(x)
+    elif name == "reshape":
+        new = reshape_object(x, rng)
     else:
         raise ValueError(f"unknown view change {name!r}")
     return torch.where(torch.from_numpy(rows).view(-1, *[1] * (x.dim() - 1)), new, x)

@@ -359,6 +359,40 @@ def test_audio_view_copies_keep_what_the_view_names_and_never_make_a_length_clas
     assert x[0, 0, 0, :, :frames].std(0).mean() > 0.1  # the original has a spectrum to lose
 
 
+def test_depth_view_copies_keep_what_the_view_names_and_never_make_a_distance_class():
+    """Levelled copies (shape view) keep the outline at a disparity between far and near; redrawn copies
+    (distance view) keep the disparity and size and lose the toy-world shape."""
+    from anygpt.data import toyworld as tw
+    from anygpt.eval.probes import probe_depth
+    from anygpt.train.tiny_encoder import LEVEL_DISPARITY, level_depth, reshape_object
+    from encoders import ImageBindEncoder
+    from encoders.preprocess import DEPTH_MAX_DISPARITY, DEPTH_MEAN, DEPTH_STD
+
+    assert tw.DISPARITY["far"][1] < LEVEL_DISPARITY < tw.DISPARITY["near"][0]  # neither near nor far
+    spec = tw.sample("depth", tw.example_rng(5, "train", "depth", 0), "train", shape="triangle", distance="far")
+    x = ImageBindEncoder.tiny().prepare("depth", [tw.render(spec)])  # [1, 1, 224, 224]
+    disparity = lambda t: (t[0, 0] * DEPTH_STD + DEPTH_MEAN) * DEPTH_MAX_DISPARITY  # undo the preprocessing
+    assert probe_depth(disparity(x).numpy()) == {"shape": "triangle", "distance": "far"}
+    inside = (disparity(x) - round(spec.disparity)).abs() < 1e-3  # fully covered pixels
+    background = x[0, 0] == x.min()  # the preprocessing clamps the background to one floor value
+
+    level = level_depth(x)
+    assert level.shape == x.shape
+    assert torch.allclose(disparity(level)[inside], torch.tensor(LEVEL_DISPARITY), atol=0.05)
+    assert background.float().mean() > 0.5 and torch.equal(level[0, 0][background], x[0, 0][background])
+    assert probe_depth(disparity(level).numpy())["shape"] == "triangle"
+
+    for seed in range(4):
+        redrawn = disparity(reshape_object(x, np.random.default_rng(seed)))
+        assert abs(redrawn.max().item() - disparity(x).max().item()) < 1e-3  # the same distance
+        assert torch.allclose(redrawn.min(), disparity(x).min())  # the same background
+        covered, was = (redrawn > 3).sum().item(), (disparity(x) > 3).sum().item()
+        assert 0.15 * was < covered < 1.5 * was and not torch.equal(redrawn > 0.05, disparity(x) > 0.05)
+        ys, xs = (redrawn > 3).nonzero(as_tuple=True)
+        assert max(ys.float().std(), xs.float().std()) > 1.3 * min(ys.float().std(), xs.float().std()) or \
+            abs(torch.corrcoef(torch.stack([ys.float(), xs.float()]))[0, 1]) > 0.3  # elongated: no circle, square or upright triangle
+
+
 def test_projectors_refit_on_cached_states_and_move_to_a_new_decoder(tiny_backbone_config, toy_data, tmp_path):
     """`anygpt train projectors`: the LLM runs once (states cached in the run folder), a projector whose
     decoder takes another shape is rebuilt for it, and the saved model loads with the new decoder."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 import pytest
 import soundfile as sf
 from PIL import Image
@@ -92,7 +93,11 @@ def test_manifest_and_files(tmp_path):
     np.testing.assert_allclose(wave, rebuild(records["audio"]), atol=1 / 32000)
     depth = tw.load_depth(records["depth"]["path"])
     assert Image.open(records["depth"]["path"]).mode.startswith("I")  # 16-bit
-    np.testing.assert_allclose(depth, rebuild(records["depth"]), atol=1e-4)
+    np.testing.assert_array_equal(depth, rebuild(records["depth"]))
+    # the encoder reads the PNG as the disparity that was rendered (it takes a PNG's values as they are)
+    from encoders import ImageBindEncoder
+    encoder = ImageBindEncoder.tiny()
+    assert torch.equal(encoder.prepare("depth", [records["depth"]["path"]]), encoder.prepare("depth", [rebuild(records["depth"])]))
     with av.open(records["video"]["path"]) as c:
         stream = c.streams.video[0]
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
@@ -223,7 +228,8 @@ def test_world_is_as_specified():
         frames = tw.render(spec)
         assert frames.shape == (8, 64, 64, 3) and frames.dtype == np.uint8
     depth = tw.render(tw.sample_depth(np.random.default_rng(0)))
-    assert depth.dtype == np.float32 and depth.min() == 0 and depth.max() <= 1
+    assert depth.dtype == np.float32 and depth.min() == 0 and depth.max() <= tw.DISPARITY["near"][1]
+    assert np.array_equal(depth, np.round(depth))  # whole units, as the 16-bit PNG holds them
 
 
 def test_generator_and_probes_import_no_model_code():
