@@ -16,6 +16,7 @@ This module imports only third-party libraries: it knows nothing of any model.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -434,6 +435,20 @@ def caption(spec: Spec, rng: np.random.Generator, split: str = "train") -> str:
         choices = PHRASES.get(key, {}).get(value, (value,))
         words[key] = choices[rng.integers(len(choices))]
     return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", template.format(**words))
+
+
+def wordings(modality: str, labels: dict[str, str], split: str = "heldout") -> list[str]:
+    """Every caption of the split that names all of `labels`: each template with a slot for every
+    attribute, in every phrasing of the values (a class's prompt ensemble for retrieval; some audio
+    templates leave the length out, and two classes worded alike cannot be told apart)."""
+    keys = LABELS[modality]
+    choices = [PHRASES.get(k, {}).get(labels[k], (labels[k],)) for k in keys]
+    out = []
+    for template in CAPTION_TEMPLATES[modality][split]:
+        if all("{" + k + "}" in template for k in keys):
+            for words in itertools.product(*choices):
+                out.append(re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", template.format(**dict(zip(keys, words)))))
+    return out
 
 
 # ---------------------------------------------------------------- files

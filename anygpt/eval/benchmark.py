@@ -27,29 +27,35 @@ def heldout_examples(modality: str, n: int, seed: int = EVAL_SEED) -> list[tuple
     return out
 
 
-def class_captions(modality: str, seed: int = EVAL_SEED) -> tuple[list[dict[str, str]], list[str]]:
-    """One held-out-worded caption for every attribute class of a modality (train and held-out classes alike)."""
+def class_prompts(modality: str) -> tuple[list[dict[str, str]], list[list[str]]]:
+    """Every attribute class of a modality (train and held-out classes alike) with its prompt ensemble:
+    every held-out wording that names all of its attributes (`toyworld.wordings`)."""
     keys = tw.LABELS[modality]
-    classes, captions = [], []
-    for i, values in enumerate(itertools.product(*(tw.VALUES[modality][k] for k in keys))):
-        labels = dict(zip(keys, values))
-        rng = np.random.default_rng([seed, i])
-        split = "heldout" if tuple(labels[k] for k in tw.HELDOUT_KEYS[modality]) in tw.HELDOUT[modality] else "train"
-        spec = tw.sample(modality, rng, split, **labels)
-        classes.append(labels)
-        captions.append(tw.caption(spec, rng, "heldout"))
-    return classes, captions
+    classes = [dict(zip(keys, values)) for values in itertools.product(*(tw.VALUES[modality][k] for k in keys))]
+    return classes, [tw.wordings(modality, labels, "heldout") for labels in classes]
+
+
+@torch.no_grad()
+def class_embeddings(encoder, modality: str) -> tuple[list[dict[str, str]], torch.Tensor]:
+    """The classes and one unit text embedding per class [C, D]: the normalised mean of its prompts'
+    normalised embeddings, CLIP's prompt ensembling. One caption per class would let wording decide:
+    a template that leaves an attribute out words two classes alike."""
+    classes, prompts = class_prompts(modality)
+    flat = [p for ps in prompts for p in ps]
+    text = torch.nn.functional.normalize(encoder.encode_text(flat).float(), dim=-1)
+    sizes = [len(ps) for ps in prompts]
+    means = torch.stack([chunk.mean(0) for chunk in text.split(sizes)])
+    return classes, torch.nn.functional.normalize(means, dim=-1)
 
 
 @torch.no_grad()
 def eval_encoder(encoder, n: int = 60, modalities=("image", "audio", "video", "depth")) -> dict[str, float]:
-    """Cross-modal retrieval: each held-out item against one caption per attribute class; recall@1."""
+    """Cross-modal retrieval: each held-out item against every attribute class (`class_embeddings`); recall@1."""
     results = {}
     for m in modalities:
-        classes, captions = class_captions(m)
-        text = torch.nn.functional.normalize(encoder.encode_text(captions), dim=-1)
+        classes, text = class_embeddings(encoder, m)
         examples = heldout_examples(m, n)
-        media = torch.nn.functional.normalize(encoder.encode(m, [x for _, x, _ in examples]), dim=-1)
+        media = torch.nn.functional.normalize(encoder.encode(m, [x for _, x, _ in examples]).float(), dim=-1)
         best = (media @ text.T).argmax(1)
         hits = [classes[b] == spec.labels() for b, (spec, _, _) in zip(best.tolist(), examples)]
         results[f"retrieval_r1_{m}"] = float(np.mean(hits))

@@ -13,7 +13,7 @@ decoder was trained to follow. Two figures per output modality (the keys name th
   wording draws; up to 18 image, 16 audio, 72 video candidates, so chance is about 6%, 6-12%, 1.4%;
   combinations a template words alike, e.g. audio lengths it does not name, count once)? Rewording
   only the attributes makes the figure about attributes: with one differently worded caption per
-  class (`class_captions`), the decoder's own encoding of a held-out caption finds its class only
+  class, the decoder's own encoding of a held-out caption finds its class only
   12-17% (image, audio) and 23% (video) of the time on the tiny decoders, so wording, not content,
   would decide; here the decoder's own encoding scores 100% by construction.
 - `conditioning_l2_spread_{m}`: mean pairwise distance between the projected conditionings of the
