@@ -108,7 +108,8 @@ def test_stage_runs_loss_falls_and_resumes(tiny_backbone_config, toy_data, tmp_p
 def test_tiny_encoder_training_smoke(toy_data, tmp_path):
     from anygpt.train.tiny_encoder import train_tiny_encoder
 
-    summary = train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path, steps=2, batch_size=4, per_modality=6)
+    summary = train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path, steps=2, batch_size=4, per_modality=6,
+                                 neutral_weight=1.0)
     assert summary["steps"] == 2 and (tmp_path / "encoder" / "model.safetensors").is_file()
 
 
@@ -357,6 +358,24 @@ def test_audio_view_copies_keep_what_the_view_names_and_never_make_a_length_clas
     assert flat.shape == x.shape and sound_frames(flat) == frames
     assert torch.allclose(flat[0, 0, 0, 0], flat[0, 0, 0, -1]) and torch.allclose(flat[0, 0, 0, 0], x[0, 0, 0].mean(0))
     assert x[0, 0, 0, :, :frames].std(0).mean() > 0.1  # the original has a spectrum to lose
+
+
+def test_neutral_loss_is_least_for_copies_equally_near_every_value():
+    """A cut sound has no length: its pull is least when it is as near "a short sound" as "a long sound"
+    (the uniform target's entropy, log 2) and grows as it leans to either."""
+    import math
+
+    from anygpt.train.tiny_encoder import NEUTRAL_CHANGES, neutral_loss
+
+    assert NEUTRAL_CHANGES["audio"] == {"length": "cut", "kind": "flat"}
+    phrases = torch.eye(4)[:2]  # two values' phrase embeddings
+    between = torch.tensor([[1.0, 1.0, 0, 0], [1.0, 1.0, 0.5, 0]])  # as near one as the other
+    leaning = torch.tensor([[1.0, 0.3, 0, 0], [0.2, 1.0, 0, 0]])
+    assert math.isclose(neutral_loss(between, phrases).item(), math.log(2), rel_tol=1e-5)
+    assert neutral_loss(leaning, phrases).item() > math.log(2) + 0.5
+    x = torch.tensor([[1.0, 0.3, 0, 0]], requires_grad=True)
+    neutral_loss(x, phrases).backward()
+    assert x.grad[0, 1] < 0 < x.grad[0, 0]  # a step down the gradient evens the two similarities
 
 
 def test_depth_view_copies_keep_what_the_view_names_and_never_make_a_distance_class():
