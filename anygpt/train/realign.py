@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from anygpt.config import resolve_path
+from anygpt.data import toyworld as tw
 from anygpt.data.dialogs import read_dialogs, request_dialog
 from anygpt.data.manifest import read_manifest
 from anygpt.pipeline import AnyGPT
@@ -48,12 +49,18 @@ def use_decoder(app: AnyGPT, modality: str, path: str, seed: int = 0) -> bool:
     old = app.model.output_projectors[modality]
     if (old.tokens, old.out_dim) == shape:
         return False
+    rebuild_projector(app, modality, seed)
+    return True
+
+
+def rebuild_projector(app: AnyGPT, modality: str, seed: int = 0) -> None:
+    """A new output projector for `modality`, sized from its decoder's conditioning, started from `seed` alone."""
+    shape = app.config.decoders[modality].conditioning
     p = app.config.projector
     torch.manual_seed(seed)
     app.model.output_projectors[modality] = OutputProjector(
         app.model.llm.config.hidden_size, shape[0], shape[1], d_model=p.d_model, heads=p.heads,
         encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers, feedforward=p.feedforward)
-    return True
 
 
 def split_by_caption(cache: ProjectorCache, heldout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +84,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
-                       per_modality: int = 500, reads: str | None = None) -> dict:
+                       per_modality: int = 500, novel: int = 0, fresh: bool = False,
+                       reads: str | None = None) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -87,8 +95,13 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     -> "Here is ..." and the signal tokens, `request_dialog`): the toy world's many wordings, where the
     dialogs have one per attribute pair. (Stage 2's requests, answered by the signal tokens alone, put
     the LLM in another state than its replies do at inference: with them, held-out retrieval fell.)
-    `reads` ("signal" or "reply") sets what every output projector reads (`ProjectorSettings.reads`);
-    a projector not fitted in this run must then be fitted in a later one."""
+    `novel` adds that many requests per fitted modality for things the world does not have ("a pink
+    circle moving up": `toyworld.novel_labels`), which only the decoder's text encoder has to read,
+    so that no attribute of the training requests predicts another (README, "Requests for things the
+    world does not have"). `fresh` starts every fitted projector anew from `seed` (as a rebuilt one
+    does) instead of from the init's weights. `reads` ("signal" or "reply") sets what every output
+    projector reads (`ProjectorSettings.reads`); a projector not fitted in this run must then be
+    fitted in a later one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     app = AnyGPT.from_pretrained(init)
@@ -105,19 +118,33 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         rng = np.random.default_rng(seed)
         samples += stage3_samples(app.model, [request_dialog(rng, e) for e in chosen])
     wanted = tuple(modalities or sorted({m for s in samples for m, _ in s.outputs}))
+    if novel:
+        rng = np.random.default_rng([seed, 1])
+        requests = []
+        for m in wanted:
+            for _ in range(novel):
+                labels = tw.novel_labels(m, rng)
+                requests.append(request_dialog(rng, {"modality": m, "attributes": labels,
+                                                     "caption": tw.caption_of(m, labels, rng)}))
+        samples += stage3_samples(app.model, requests)
     samples = [s for s in samples if any(m in wanted for m, _ in s.outputs)]
     caches = {m: ProjectorCache.load(out / f"states-{m}.safetensors") for m in wanted
               if (out / f"states-{m}.safetensors").is_file()}
     missing = [m for m in wanted if m not in caches]
     if missing:
         console.print(f"collecting signal states of {len(samples)} dialogs for {', '.join(missing)}")
-        fresh = collect_signal_states(app, samples, batch_size=16, modalities=missing)
-        for m, cache in fresh.items():
+        collected = collect_signal_states(app, samples, batch_size=16, modalities=missing)
+        for m, cache in collected.items():
             cache.save(out / f"states-{m}.safetensors")
-        caches |= fresh
+        caches |= collected
+    if fresh:
+        for m in wanted:
+            if m not in rebuilt:
+                rebuild_projector(app, m, seed)
+                rebuilt.append(m)
     report = {"init": str(init), "decoders": decoders or {}, "rebuilt": rebuilt, "steps": steps,
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
-              "pad_weight": pad_weight, "reads": app.config.projector.reads, "samples": len(samples),
+              "pad_weight": pad_weight, "reads": app.config.projector.reads, "samples": len(samples), "novel": novel,
               "modalities": {}}
     for m in wanted:
         cache = caches[m]
