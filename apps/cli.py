@@ -264,6 +264,8 @@ def train_tiny_encoder_cmd(
                                                         "what they do not name (grey, cut short).")] = 0.5,
     neutral_weight: Annotated[float, typer.Option(help="Weight of the pull of copies that lost an attribute (a cut "
                                                        "sound's length) toward none of its values; 0: off.")] = 0.0,
+    novel_audio: Annotated[int, typer.Option(help="Also this many sounds of kinds the toy world does not have "
+                                                  "(chords, bells, organ notes), at both lengths.")] = 0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -272,7 +274,7 @@ def train_tiny_encoder_cmd(
 
     train_tiny_encoder(data, out, steps=steps, batch_size=batch_size, per_modality=per_modality, seed=seed,
                        attribute_weight=attribute_weight, change_fraction=change_fraction,
-                       neutral_weight=neutral_weight, max_steps=max_steps, device=device)
+                       neutral_weight=neutral_weight, novel_audio=novel_audio, max_steps=max_steps, device=device)
 
 
 @_command(train_app, "tiny-decoders")

@@ -306,6 +306,24 @@ def sample_audio(rng: np.random.Generator, split: str = "train", *, sample_rate:
                      _u(rng, 0.01, 0.03, 3), int(rng.integers(2**31)), sample_rate)
 
 
+# Sounds of kinds the world does not have, each at either length (`sample_novel_audio`). In the training
+# split every world kind comes in one length only, so an encoder can read a sound's length from its kind;
+# on these the kind says nothing of the length (README, "Sounds the world does not have").
+# Each is several steady lines at once, which no world kind is (a world sound is one line or noise).
+NOVEL_SOUNDS = ("chord", "bell", "organ note")
+NOVEL_PARTIALS = {"chord": (1.0, 1.26, 1.5), "bell": (1.0, 2.76, 5.4), "organ note": (1.0, 2.0, 4.0)}
+
+
+def sample_novel_audio(rng: np.random.Generator, *, sample_rate: int = SAMPLE_RATE) -> AudioSpec:
+    """A sound of a `NOVEL_SOUNDS` kind and either length: its partials (`NOVEL_PARTIALS`, ratios to a
+    base of 250-600 Hz) sound together, steady, for the whole sound."""
+    kind = NOVEL_SOUNDS[rng.integers(len(NOVEL_SOUNDS))]
+    length = tuple(LENGTHS)[rng.integers(len(LENGTHS))]
+    duration = _u(rng, *LENGTHS[length], digits=3)
+    return AudioSpec(kind, length, duration, _u(rng, 0.3, 0.8, 3), _u(rng, 250, 600, 1), 0.0, 0.0, 0.0, 0.0,
+                     _u(rng, 0.01, 0.03, 3), int(rng.integers(2**31)), sample_rate)
+
+
 def sample_video(rng: np.random.Generator, split: str = "train", *, canvas: int = 64, frames: int = 8,
                  shape: str | None = None, color: str | None = None, direction: str | None = None) -> VideoSpec:
     if canvas % 2 or frames < 2:
@@ -394,6 +412,8 @@ def render_audio(spec: AudioSpec) -> np.ndarray:
     if spec.kind == "noise burst":
         x = np.random.default_rng(spec.noise_seed).standard_normal(len(t))
         x /= np.abs(x).max()
+    elif spec.kind in NOVEL_PARTIALS:
+        x = sum(np.sin(2 * np.pi * spec.f0 * r * t) for r in NOVEL_PARTIALS[spec.kind]) / len(NOVEL_PARTIALS[spec.kind])
     else:
         if spec.kind in ("rising sweep", "falling sweep"):
             freq = spec.f0 * (spec.f1 / spec.f0) ** (t / d)  # exponential: constant octaves per second

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from anygpt.data.manifest import read_manifest
+from anygpt.data import toyworld as tw
 from anygpt.data.toyworld import DISPARITY, LABELS
 from anygpt.train.loop import LoopSettings, console, train
 from encoders import ImageBindEncoder
@@ -178,16 +179,30 @@ def label_of(example: dict) -> str:
     return "|".join(str(attrs[k]) for k in LABELS[example["modality"]])
 
 
-def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: int) -> dict[str, Pool]:
+def novel_sounds(n: int, seed: int) -> list[dict]:
+    """n sounds of kinds the world does not have, at either length (`toyworld.sample_novel_audio`), as
+    manifest-like items holding their waves ("array") and training-split captions."""
+    rng = np.random.default_rng([seed, 2])
+    items = []
+    for _ in range(n):
+        spec = tw.sample_novel_audio(rng)
+        items.append({"modality": "audio", "array": tw.render(spec), "attributes": spec.labels(),
+                      "caption": tw.caption(spec, rng)})
+    return items
+
+
+def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: int,
+                extra: list[dict] = ()) -> dict[str, Pool]:
+    """Each modality's first `per_modality` examples, and the `extra` items (beyond that count)."""
     pools = {}
     for m in MODALITIES:
-        rows = [e for e in examples if e["modality"] == m][:per_modality]
+        rows = [e for e in examples if e["modality"] == m][:per_modality] + [e for e in extra if e["modality"] == m]
         if not rows:
             continue
         console.print(f"preparing {len(rows)} {m} items")
         chunks = []
         for i in range(0, len(rows), 32):
-            x = encoder.prepare(m, [r["path"] for r in rows[i:i + 32]])
+            x = encoder.prepare(m, [r["path"] if "path" in r else r["array"] for r in rows[i:i + 32]])
             if m == "video":  # square frames: ImageBind's 3 spatial crops are identical, keep one per clip
                 x = x[:, ::3]
             chunks.append(x.half())
@@ -215,14 +230,17 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
                        attribute_weight: float = 3.0, change_fraction: float = 0.5, neutral_weight: float = 0.0,
-                       device: str = "auto") -> dict:
+                       novel_audio: int = 0, device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
     `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES); `neutral_weight`
     weighs the pull of copies that lost an attribute toward none of its values (NEUTRAL_CHANGES; off by
-    default: it read length better and kind worse, README "Where the audio length goes wrong")."""
+    default: it read length better and kind worse, README "Where the audio length goes wrong").
+    `novel_audio` sounds of kinds the world does not have, at both lengths, join the audio items
+    (`novel_sounds`; README, "Sounds the world does not have")."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
-    pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality)
+    pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
+                        novel_sounds(novel_audio, seed) if novel_audio else [])
 
     def batch_fn(step: int) -> dict[str, tuple[torch.Tensor, ...]]:
         rng = np.random.default_rng([seed, step])

@@ -109,8 +109,23 @@ def test_tiny_encoder_training_smoke(toy_data, tmp_path):
     from anygpt.train.tiny_encoder import train_tiny_encoder
 
     summary = train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path, steps=2, batch_size=4, per_modality=6,
-                                 neutral_weight=1.0)
+                                 neutral_weight=1.0, novel_audio=4)
     assert summary["steps"] == 2 and (tmp_path / "encoder" / "model.safetensors").is_file()
+
+
+def test_novel_sounds_join_the_audio_pool_with_their_own_classes():
+    from anygpt.train.tiny_encoder import build_pools, novel_sounds
+    from encoders import ImageBindEncoder
+
+    items = novel_sounds(6, seed=0)
+    assert [i["caption"] for i in items] == [i["caption"] for i in novel_sounds(6, seed=0)]  # seeded
+    world = [{"modality": "audio", "array": toyworld.render(spec), "caption": "a low tone", "attributes": spec.labels()}
+             for spec in [toyworld.sample_audio(np.random.default_rng(i), kind="low tone") for i in range(2)]]
+    pool = build_pools(ImageBindEncoder.tiny(seed=0), world, per_modality=1, extra=items)["audio"]
+    assert len(pool.inputs) == 1 + 6
+    kinds = {i["attributes"]["kind"] for i in items}
+    assert len(pool.phrases["kind"]) == 1 + len(kinds) and len(set(pool.labels.tolist())) == 1 + len(
+        {(i["attributes"]["kind"], i["attributes"]["length"]) for i in items})
 
 
 @pytest.mark.slow

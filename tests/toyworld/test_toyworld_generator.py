@@ -231,6 +231,26 @@ def test_novel_requests_name_one_outside_value_and_never_a_held_out_pair(modalit
     assert tw.caption(spec, np.random.default_rng(2)) == tw.caption_of(modality, spec.labels(), np.random.default_rng(2))
 
 
+def test_novel_sounds_come_in_both_lengths_and_are_several_lines_at_once():
+    """Sounds the world does not have (for the encoder's length): each kind at both lengths, rendered as
+    long as its length says, and never one steady line (what every world tone is)."""
+    from anygpt.eval.probes import probe_audio
+
+    rng = np.random.default_rng(0)
+    specs = [tw.sample_novel_audio(rng) for _ in range(60)]
+    assert {(s.kind, s.length) for s in specs} == {(k, n) for k in tw.NOVEL_SOUNDS for n in tw.LENGTHS}
+    assert not {s.kind for s in specs} & set(tw.AUDIO_KINDS)
+    for spec in specs[:12]:
+        x = tw.render(spec)
+        assert len(x) == round(spec.duration * tw.SAMPLE_RATE) and 0 < np.abs(x).max() <= 1
+        assert probe_audio(x, tw.SAMPLE_RATE)["length"] == spec.length
+        power = np.abs(np.fft.rfft(x)) ** 2
+        freqs = np.fft.rfftfreq(len(x), 1 / tw.SAMPLE_RATE)
+        for ratio in tw.NOVEL_PARTIALS[spec.kind]:  # every partial holds a share of the energy
+            near = np.abs(freqs - spec.f0 * ratio) < 5
+            assert power[near].sum() > 0.2 * power.sum()
+
+
 def test_sample_with_fixed_attributes():
     rng = np.random.default_rng(0)
     spec = tw.sample_image(rng, shape="square", color="red")
