@@ -488,15 +488,16 @@ def novel_labels(modality: str, rng: np.random.Generator) -> dict[str, str]:
             return labels
 
 
-def wordings(modality: str, labels: dict[str, str], split: str = "heldout") -> list[str]:
+def wordings(modality: str, labels: dict[str, str], split: str = "heldout", keys: tuple[str, ...] | None = None) -> list[str]:
     """Every caption of the split that names all of `labels`: each template with a slot for every
     attribute, in every phrasing of the values (a class's prompt ensemble for retrieval; some audio
-    templates leave the length out, and two classes worded alike cannot be told apart)."""
-    keys = LABELS[modality]
+    templates leave the length out, and two classes worded alike cannot be told apart). With `keys`,
+    the templates that name exactly those attributes instead ("a {kind}" for ("kind",))."""
+    keys = LABELS[modality] if keys is None else tuple(keys)
     choices = [PHRASES.get(k, {}).get(labels[k], (labels[k],)) for k in keys]
     out = []
     for template in CAPTION_TEMPLATES[modality][split]:
-        if all("{" + k + "}" in template for k in keys):
+        if {k for k in LABELS[modality] if "{" + k + "}" in template} == set(keys):
             for words in itertools.product(*choices):
                 out.append(re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", template.format(**dict(zip(keys, words)))))
     return out
