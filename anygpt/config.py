@@ -113,17 +113,6 @@ class ProjectorSettings(_Strict):
     # "reply", the reply's words up to the run's end as well, so that a request's attributes reach
     # the decoder as the words that name them (README, "What the output projectors read").
     reads: Literal["signal", "reply"] = "signal"
-    # The input embeddings' weight in what the projector reads (last-layer state + embed_scale * input
-    # embedding). NExT-GPT adds the two as they are (1.0); SmolLM2's last-layer states are about 20
-    # times larger per dimension than its input embeddings, so there the token itself is lost in the sum
-    # (README, "What the output projectors read").
-    embed_scale: float = 1.0
-
-    def options(self) -> dict[str, int | float]:
-        """The keyword arguments of `OutputProjector` these settings give."""
-        return {"d_model": self.d_model, "heads": self.heads, "encoder_layers": self.encoder_layers,
-                "decoder_layers": self.decoder_layers, "feedforward": self.feedforward,
-                "embed_scale": self.embed_scale}
 
 
 class LimitSettings(_Strict):

@@ -209,7 +209,9 @@ class AnyGPTModel(nn.Module):
         self.input_projector = InputProjector(encoder.embed_dim, hidden)
         p = config.projector
         self.output_projectors = nn.ModuleDict({
-            m: OutputProjector(hidden, d.conditioning[0], d.conditioning[1], **p.options())
+            m: OutputProjector(hidden, d.conditioning[0], d.conditioning[1], d_model=p.d_model, heads=p.heads,
+                               encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers,
+                               feedforward=p.feedforward)
             for m, d in config.decoders.items() if m in config.signal_tokens
         })
         self.reserved = [MEDIA_TOKEN] + [t for toks in self.signal.tokens.values() for t in toks]

@@ -27,18 +27,16 @@ class InputProjector(nn.Module):
 class OutputProjector(nn.Module):
     """Signal-token states -> a decoder's conditioning (`prompt_embeds` of shape [tokens, out_dim]).
 
-    Input at each token it reads is the LLM's last-layer hidden state plus its input embedding (times
-    `embed_scale`, `ProjectorSettings.embed_scale`):
+    Input at each token it reads is the LLM's last-layer hidden state plus its input embedding:
     the signal tokens (NExT-GPT), or the reply's words up to the run's end with them
     (`ProjectorSettings.reads`). A transformer encoder reads those; its decoder reads `tokens`
     learnable queries, so the output length is the decoder's (77 for SD) whatever it reads.
     """
 
     def __init__(self, llm_dim: int, tokens: int, out_dim: int, *, d_model: int = 512, heads: int = 4,
-                 encoder_layers: int = 4, decoder_layers: int = 4, feedforward: int = 2048, embed_scale: float = 1.0):
+                 encoder_layers: int = 4, decoder_layers: int = 4, feedforward: int = 2048):
         super().__init__()
         self.tokens, self.out_dim = tokens, out_dim
-        self.embed_scale = embed_scale  # a setting, not a weight: NExT-GPT's state dicts stay as they are
         self.fc = nn.Linear(llm_dim, d_model)
         self.tfm = nn.Transformer(d_model=d_model, nhead=heads, num_encoder_layers=encoder_layers,
                                   num_decoder_layers=decoder_layers, dim_feedforward=feedforward,
@@ -50,7 +48,7 @@ class OutputProjector(nn.Module):
                 padding: torch.Tensor | None = None) -> torch.Tensor:
         """hidden, input_embeds: [B, n, llm_dim] -> [B, tokens, out_dim]. `padding` [B, n]: True where
         a row is padded (rows of different lengths); None when every position is real."""
-        x = self.fc(hidden + self.embed_scale * input_embeds)
+        x = self.fc(hidden + input_embeds)
         if padding is not None and not bool(padding.any()):
             padding = None
         x = self.tfm(x, self.query_embs.expand(x.shape[0], -1, -1), src_key_padding_mask=padding,

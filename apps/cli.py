@@ -352,9 +352,6 @@ def train_projectors_cmd(
     novel: Annotated[int, typer.Option(help="Also this many requests per modality for things the toy world does "
                                             "not have ('a pink star moving up'), named by their words alone.")] = 0,
     fresh: Annotated[bool, typer.Option(help="Start each fitted projector anew from --seed, not from --init's.")] = False,
-    embed_scale: Annotated[Optional[float], typer.Option(help="Weight of the input embeddings beside the LLM's "
-                                                               "last-layer states in what every output projector "
-                                                               "reads; default: the model's.")] = None,
     reads: Annotated[Optional[str], typer.Option(help="What every output projector reads: 'signal' (the signal "
                                                       "tokens) or 'reply' (the reply's words too); default: "
                                                       "the model's.")] = None,
@@ -371,7 +368,7 @@ def train_projectors_cmd(
     realign_projectors(init, dialogs, out, decoders=moves, modalities=tuple(m for m in modalities.split(",") if m) or None,
                        steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
                        pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, novel=novel,
-                       fresh=fresh, reads=reads, embed_scale=embed_scale)
+                       fresh=fresh, reads=reads)
 
 
 @_command(train_app, "export-tiny")

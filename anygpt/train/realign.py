@@ -56,9 +56,11 @@ def use_decoder(app: AnyGPT, modality: str, path: str, seed: int = 0) -> bool:
 def rebuild_projector(app: AnyGPT, modality: str, seed: int = 0) -> None:
     """A new output projector for `modality`, sized from its decoder's conditioning, started from `seed` alone."""
     shape = app.config.decoders[modality].conditioning
+    p = app.config.projector
     torch.manual_seed(seed)
     app.model.output_projectors[modality] = OutputProjector(
-        app.model.llm.config.hidden_size, shape[0], shape[1], **app.config.projector.options())
+        app.model.llm.config.hidden_size, shape[0], shape[1], d_model=p.d_model, heads=p.heads,
+        encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers, feedforward=p.feedforward)
 
 
 def split_by_caption(cache: ProjectorCache, heldout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +85,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500, novel: int = 0, fresh: bool = False,
-                       reads: str | None = None, embed_scale: float | None = None) -> dict:
+                       reads: str | None = None) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -99,16 +101,13 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     world does not have"). `fresh` starts every fitted projector anew from `seed` (as a rebuilt one
     does) instead of from the init's weights. `reads` ("signal" or "reply") sets what every output
     projector reads (`ProjectorSettings.reads`); a projector not fitted in this run must then be
-    fitted in a later one; `embed_scale` (`ProjectorSettings.embed_scale`) likewise."""
+    fitted in a later one."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     app = AnyGPT.from_pretrained(init)
-    changes = {k: v for k, v in {"reads": reads, "embed_scale": embed_scale}.items() if v is not None}
-    if changes:
-        projector = type(app.config.projector).model_validate(app.config.projector.model_dump() | changes)
+    if reads is not None and reads != app.config.projector.reads:
+        projector = type(app.config.projector).model_validate(app.config.projector.model_dump() | {"reads": reads})
         app.config = app.model.config = app.config.model_copy(update={"projector": projector})
-        for p in app.model.output_projectors.values():
-            p.embed_scale = projector.embed_scale
     rebuilt = [m for m, path in (decoders or {}).items() if use_decoder(app, m, path, seed)]
     samples = [s for s in stage3_samples(app.model, read_dialogs(dialogs)) if s.outputs]
     samples = samples[:limit] if limit else samples

@@ -49,18 +49,3 @@ def test_output_projector_shapes_follow_the_decoder():
     out = proj(torch.randn(2, 4, 16), torch.randn(2, 4, 16))
     assert out.shape == (2, 77, 24)
     assert {"fc.weight", "query_embs", "model.weight"} <= set(proj.state_dict())  # NExT-GPT's key names
-
-
-def test_embed_scale_weighs_the_input_embeddings_and_adds_no_weight():
-    """`ProjectorSettings.embed_scale`: state + k * embedding, k a setting (NExT-GPT's state dicts load as before)."""
-    from anygpt.config import ProjectorSettings
-
-    settings = ProjectorSettings(d_model=32, heads=4, encoder_layers=1, decoder_layers=1, feedforward=64, embed_scale=20.0)
-    torch.manual_seed(0)
-    scaled = OutputProjector(16, 8, 24, **settings.options())
-    plain = OutputProjector(16, 8, 24, **(settings.options() | {"embed_scale": 1.0}))
-    assert set(scaled.state_dict()) == set(plain.state_dict())
-    plain.load_state_dict(scaled.state_dict())
-    hidden, embeds = torch.randn(2, 4, 16), torch.randn(2, 4, 16)
-    assert torch.allclose(scaled(hidden, embeds), plain(hidden, 20 * embeds), atol=1e-5)
-    assert not torch.allclose(scaled(hidden, embeds), plain(hidden, embeds), atol=1e-3)
