@@ -349,8 +349,6 @@ def train_projectors_cmd(
     manifest: Annotated[Optional[Path], typer.Option(help="Also a request (and reply) for each of this manifest's captions (--per-modality of each).")] = None,
     per_modality: int = 500, limit: Optional[int] = None, steps: int = 3000, batch_size: int = 64,
     lr: float = 1e-3, contrastive_weight: float = 0.1, pad_weight: float = 0.0, seed: int = 0,
-    novel: Annotated[int, typer.Option(help="Also this many requests per modality for things the toy world does "
-                                            "not have ('a pink star moving up'), named by their words alone.")] = 0,
     fresh: Annotated[bool, typer.Option(help="Start each fitted projector anew from --seed, not from --init's.")] = False,
     reads: Annotated[Optional[str], typer.Option(help="What every output projector reads: 'signal' (the signal "
                                                       "tokens) or 'reply' (the reply's words too); default: "
@@ -367,8 +365,8 @@ def train_projectors_cmd(
         moves[modality] = folder
     realign_projectors(init, dialogs, out, decoders=moves, modalities=tuple(m for m in modalities.split(",") if m) or None,
                        steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
-                       pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, novel=novel,
-                       fresh=fresh, reads=reads)
+                       pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, fresh=fresh,
+                       reads=reads)
 
 
 @_command(train_app, "export-tiny")

@@ -446,46 +446,18 @@ def render(spec: Spec) -> np.ndarray:
 
 
 def caption(spec: Spec, rng: np.random.Generator, split: str = "train") -> str:
-    """A description of the spec, worded by a template of the split (heldout wordings never occur in train)."""
-    return caption_of(spec.modality, spec.labels(), rng, split)
-
-
-def caption_of(modality: str, labels: dict[str, str], rng: np.random.Generator, split: str = "train") -> str:
-    """`caption` from the attributes alone; a value without phrasings (e.g. one of `NOVEL_VALUES`) is its own word."""
+    """A description of the spec, worded by a template of the split (heldout wordings never occur in train);
+    a value without phrasings (e.g. a `NOVEL_SOUNDS` kind) is its own word."""
     _check_split(split)
-    templates = CAPTION_TEMPLATES[modality][split]
+    templates = CAPTION_TEMPLATES[spec.modality][split]
     template = templates[rng.integers(len(templates))]
     words = {}
-    for key, value in labels.items():  # draw for every slot, used or not, so rng use is fixed
+    for key, value in spec.labels().items():  # draw for every slot, used or not, so rng use is fixed
         choices = PHRASES.get(key, {}).get(value, (value,))
         words[key] = choices[rng.integers(len(choices))]
     return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", template.format(**words))
 
 
-# Attribute values outside the toy world, for text-only requests (`novel_labels`): nothing renders them,
-# and none is a near-synonym of a world value (no crimson, navy or drone).
-NOVEL_VALUES: dict[str, tuple[str, ...]] = {
-    "color": ("pink", "white", "grey", "brown", "black", "cyan", "magenta", "teal", "beige", "silver"),
-    "shape": ("star", "hexagon", "heart", "diamond", "ring", "cross", "oval", "pentagon", "crescent", "arrow"),
-    "kind": ("bell chime", "drum roll", "handclap", "bird chirp", "piano chord", "gong", "door knock",
-             "guitar strum", "cowbell", "xylophone note"),
-}
-
-
-def novel_labels(modality: str, rng: np.random.Generator) -> dict[str, str]:
-    """Attributes of a request that names one value outside the world (`NOVEL_VALUES`), the others the
-    world's: a world value then comes beside values of the other attributes it never meets in the
-    training split, so a projector fitted on such requests learns to read each attribute from its own
-    word (README, "Requests for things the world does not have"). The world values never make a
-    held-out pair (`HELDOUT`), e.g. "a red star moving up" for video's held-out red-up."""
-    keys = LABELS[modality]
-    novel = [k for k in keys if k in NOVEL_VALUES]
-    chosen = novel[rng.integers(len(novel))]
-    while True:
-        labels = {k: str(rng.choice(VALUES[modality][k])) for k in keys}
-        labels[chosen] = str(rng.choice(NOVEL_VALUES[chosen]))
-        if tuple(labels[k] for k in HELDOUT_KEYS[modality]) not in HELDOUT[modality]:
-            return labels
 
 
 def wordings(modality: str, labels: dict[str, str], split: str = "heldout", keys: tuple[str, ...] | None = None) -> list[str]:

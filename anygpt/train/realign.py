@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from anygpt.config import resolve_path
-from anygpt.data import toyworld as tw
 from anygpt.data.dialogs import read_dialogs, request_dialog
 from anygpt.data.manifest import read_manifest
 from anygpt.pipeline import AnyGPT
@@ -84,7 +83,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
-                       per_modality: int = 500, novel: int = 0, fresh: bool = False,
+                       per_modality: int = 500, fresh: bool = False,
                        reads: str | None = None) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
@@ -95,10 +94,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     -> "Here is ..." and the signal tokens, `request_dialog`): the toy world's many wordings, where the
     dialogs have one per attribute pair. (Stage 2's requests, answered by the signal tokens alone, put
     the LLM in another state than its replies do at inference: with them, held-out retrieval fell.)
-    `novel` adds that many requests per fitted modality for things the world does not have ("a pink
-    circle moving up": `toyworld.novel_labels`), which only the decoder's text encoder has to read,
-    so that no attribute of the training requests predicts another (README, "Requests for things the
-    world does not have"). `fresh` starts every fitted projector anew from `seed` (as a rebuilt one
+    `fresh` starts every fitted projector anew from `seed` (as a rebuilt one
     does) instead of from the init's weights. `reads` ("signal" or "reply") sets what every output
     projector reads (`ProjectorSettings.reads`); a projector not fitted in this run must then be
     fitted in a later one."""
@@ -118,15 +114,6 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         rng = np.random.default_rng(seed)
         samples += stage3_samples(app.model, [request_dialog(rng, e) for e in chosen])
     wanted = tuple(modalities or sorted({m for s in samples for m, _ in s.outputs}))
-    if novel:
-        rng = np.random.default_rng([seed, 1])
-        requests = []
-        for m in wanted:
-            for _ in range(novel):
-                labels = tw.novel_labels(m, rng)
-                requests.append(request_dialog(rng, {"modality": m, "attributes": labels,
-                                                     "caption": tw.caption_of(m, labels, rng)}))
-        samples += stage3_samples(app.model, requests)
     samples = [s for s in samples if any(m in wanted for m, _ in s.outputs)]
     caches = {m: ProjectorCache.load(out / f"states-{m}.safetensors") for m in wanted
               if (out / f"states-{m}.safetensors").is_file()}
@@ -144,7 +131,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                 rebuilt.append(m)
     report = {"init": str(init), "decoders": decoders or {}, "rebuilt": rebuilt, "steps": steps,
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
-              "pad_weight": pad_weight, "reads": app.config.projector.reads, "samples": len(samples), "novel": novel,
+              "pad_weight": pad_weight, "reads": app.config.projector.reads, "samples": len(samples),
               "modalities": {}}
     for m in wanted:
         cache = caches[m]

@@ -454,29 +454,21 @@ def test_projectors_refit_on_cached_states_and_move_to_a_new_decoder(tiny_backbo
     assert again["modalities"].keys() == report["modalities"].keys()
 
 
-def test_projectors_refit_with_novel_requests_and_a_fresh_start(tiny_backbone_config, toy_data, tmp_path):
-    """`--novel N` adds N requests per fitted modality for things the world does not have, their targets
-    the decoder's encoding of their captions; `--fresh` starts the fitted projector from the seed alone."""
-    from anygpt.train.alignment import ProjectorCache
+def test_projectors_refit_from_a_fresh_start(tiny_backbone_config, toy_data, tmp_path):
+    """`--fresh` starts the fitted projector from the seed alone, not from the init's weights."""
     from anygpt.train.realign import realign_projectors, rebuild_projector
 
     AnyGPT.from_config(tiny_backbone_config).save_pretrained(tmp_path / "init")
     init = AnyGPT.from_pretrained(tmp_path / "init").model.output_projectors["video"].state_dict()
     report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run", modalities=("video",),
-                                steps=1, lr=0.0, batch_size=4, heldout_fraction=0.3, novel=5, fresh=True, seed=7)
-    made = sum(1 for d in read_dialogs(toy_data / "dialogs.jsonl") for t in d["turns"]
-               if any(o["modality"] == "video" for o in t.get("outputs", [])))
-    assert report["samples"] == made + 5 and report["rebuilt"] == ["video"]
-    cache = ProjectorCache.load(tmp_path / "run" / "states-video.safetensors")
-    novel = [c for c in cache.captions if any(w in c.split() for w in toyworld.NOVEL_VALUES["color"] + toyworld.NOVEL_VALUES["shape"])]
-    assert len(novel) == 5 and len(cache) == made + 5
+                                steps=1, lr=0.0, batch_size=4, heldout_fraction=0.3, fresh=True, seed=7)
+    assert report["rebuilt"] == ["video"]
     fitted = AnyGPT.from_pretrained(tmp_path / "run" / "model").model.output_projectors["video"].state_dict()
     assert any(not torch.equal(init[k], fitted[k]) for k in init)  # not the init's weights ...
     app = AnyGPT.from_config(tiny_backbone_config)
     rebuild_projector(app, "video", 7)
     expected = app.model.output_projectors["video"].state_dict()
-    assert all(torch.equal(expected[k], fitted[k]) for k in expected)  # ... but the seed's (0 steps fitted)
-
+    assert all(torch.equal(expected[k], fitted[k]) for k in expected)  # ... but the seed's (lr 0)
 
 def test_a_rebuilt_projector_starts_from_the_seed_alone(tiny_backbone_config, tmp_path):
     """The fitted projector's quality depends on its start, so the start must follow the run's seed,
