@@ -458,9 +458,8 @@ def caption(spec: Spec, rng: np.random.Generator, split: str = "train") -> str:
     return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", template.format(**words))
 
 
-
-
-def wordings(modality: str, labels: dict[str, str], split: str = "heldout", keys: tuple[str, ...] | None = None) -> list[str]:
+def wordings(modality: str, labels: dict[str, str], split: str = "heldout",
+             keys: tuple[str, ...] | None = None) -> list[str]:
     """Every caption of the split that names all of `labels`: each template with a slot for every
     attribute, in every phrasing of the values (a class's prompt ensemble for retrieval; some audio
     templates leave the length out, and two classes worded alike cannot be told apart). With `keys`,

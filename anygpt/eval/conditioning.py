@@ -12,11 +12,11 @@ decoder was trained to follow. Two figures per output modality (the keys name th
   every combination's (18 image, 16 audio, 72 video, so chance is about 6%, 6%, 1.4%)? A
   combination's distance is the least over its wordings: every caption of the toy world's templates,
   training and held-out, that names the attributes the request names, in every phrasing
-  (`toyworld.wordings`; 17-42 a combination). The LLM answers "Here is a yellow triangle moving right." whatever words the
-  request used, so what its projector can write is that request in some wording, never the held-out
-  wording itself; the figure asks only which combination it is. A caption that leaves an attribute
-  out (some audio templates never say the length) is compared with the wordings that leave it out
-  too, and is right for every combination it words alike.
+  (`toyworld.wordings`; 17-42 a combination). The LLM answers "Here is a yellow triangle moving
+  right." whatever words the request used, so what its projector can write is that request in some
+  wording, never the held-out wording itself; the figure asks only which combination it is. A
+  caption that leaves an attribute out (some audio templates never say the length) is compared with
+  the wordings that leave it out too, and is right for every combination it words alike.
 - `conditioning_l2_top1_asked_wording_{m}`: the figure before, kept to compare: the candidates are the
   request's own caption with every combination put in (same template, same wording draws;
   combinations a template words alike count once). It asks the projector for the held-out wording
@@ -109,8 +109,9 @@ def conditioning_figures(predicted: Sequence[torch.Tensor | None], targets: torc
     """(top-1, spread ratio) of predicted conditionings (a row may be None: no run, counted a miss).
 
     `distances` [N, K]: L2 from each prediction to each of its candidates; `right[i]` its own caption's
-    column (or the columns that are all right, e.g. both lengths of a caption that names none); `targets` [N, tokens, dim]: the encodings of the requests' captions. Spread: mean pairwise
-    L2 of the predictions over that of their targets (rows with a prediction only)."""
+    column (or the columns that are all right, e.g. both lengths of a caption that names none);
+    `targets` [N, tokens, dim]: the encodings of the requests' captions. Spread: mean pairwise L2 of
+    the predictions over that of their targets (rows with a prediction only)."""
     rows = [i for i, p in enumerate(predicted) if p is not None]
     rights = [{int(r)} if isinstance(r, int) else {int(x) for x in r} for r in right]
     hits = [p is not None and int(distances[i].argmin()) in rights[i] for i, p in enumerate(predicted)]
