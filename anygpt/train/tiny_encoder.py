@@ -25,6 +25,7 @@ toy-world shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def novel_sounds(n: int, seed: int) -> list[dict]:
 
 
 def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: int,
-                extra: list[dict] = ()) -> dict[str, Pool]:
+                extra: Sequence[dict] = ()) -> dict[str, Pool]:
     """Each modality's first `per_modality` examples, and the `extra` items (beyond that count)."""
     pools = {}
     for m in MODALITIES:
@@ -239,8 +240,7 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
     (`novel_sounds`; README, "Sounds the world does not have")."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
-    pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
-                        novel_sounds(novel_audio, seed) if novel_audio else [])
+    pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality, novel_sounds(novel_audio, seed))
 
     def batch_fn(step: int) -> dict[str, tuple[torch.Tensor, ...]]:
         rng = np.random.default_rng([seed, step])
@@ -267,7 +267,8 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                 seen = seen_changed.get(VIEW_CHANGES.get(m, {}).get(key), media)
                 loss = loss + attribute_weight * contrastive_loss(seen, encoder("text", t), y) / len(views)
             for key, xn in neutral.items():
-                loss = loss + neutral_weight * neutral_loss(encoder(m, xn), encoder("text", pools[m].phrases[key])) / len(views)
+                phrases = encoder("text", pools[m].phrases[key])
+                loss = loss + neutral_weight * neutral_loss(encoder(m, xn), phrases) / len(views)
             losses[m] = loss
         return sum(losses.values()) / len(losses), {m: v.item() for m, v in losses.items()}
 
