@@ -470,6 +470,26 @@ def test_projectors_refit_from_a_fresh_start(tiny_backbone_config, toy_data, tmp
     expected = app.model.output_projectors["video"].state_dict()
     assert all(torch.equal(expected[k], fitted[k]) for k in expected)  # ... but the seed's (lr 0)
 
+
+def test_projectors_refit_on_every_caption(tiny_backbone_config, toy_data, tmp_path):
+    """`--heldout-fraction 0` fits on every cached run and measures nothing on the cache (the shipped fits
+    are judged by `anygpt eval`); a share of 1 would leave nothing to fit and is refused up front."""
+    from anygpt.train.alignment import ProjectorCache
+    from anygpt.train.realign import realign_projectors, split_by_caption
+
+    AnyGPT.from_config(tiny_backbone_config).save_pretrained(tmp_path / "init")
+    report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run", modalities=("video",),
+                                steps=2, batch_size=4, heldout_fraction=0.0, fresh=True)
+    figures = report["modalities"]["video"]
+    assert figures["heldout_before"] is None and figures["heldout_after"] is None and figures["final"]["step"] == 2
+    cache = ProjectorCache.load(tmp_path / "run" / "states-video.safetensors")
+    train_rows, heldout_rows = split_by_caption(cache, 0.0, seed=0)
+    assert torch.equal(train_rows, torch.arange(len(cache))) and len(heldout_rows) == 0
+    assert len(split_by_caption(cache, 0.3, seed=0)[1]) > 0
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run", heldout_fraction=1.0)
+
+
 def test_a_rebuilt_projector_starts_from_the_seed_alone(tiny_backbone_config, tmp_path):
     """The fitted projector's quality depends on its start, so the start must follow the run's seed,
     not the random draws that loading happened to make before it."""
