@@ -56,6 +56,20 @@ class OutputProjector(nn.Module):
         return self.model(x)
 
 
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Set the dropout of every layer of `module` (its Dropout modules and attention weights) to `p`.
+
+    A fitting option, not part of the saved model: dropout acts only in training, and NExT-GPT's
+    projector shape has none (README, "What the output projectors read")."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    for layer in module.modules():
+        if isinstance(layer, nn.Dropout):
+            layer.p = p
+        elif isinstance(layer, nn.MultiheadAttention):
+            layer.dropout = p
+
+
 def pad_rows(hidden: Sequence[torch.Tensor], embeds: Sequence[torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """[n_i, H] states and input embeddings -> [B, n, H] each, right-padded with zeros, and the padding

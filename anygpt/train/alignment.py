@@ -250,12 +250,17 @@ def collect_signal_states(app: Any, samples: Sequence[Any], *, batch_size: int =
 def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int = 2000, batch_size: int = 32,
                     lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 50, seed: int = 0,
                     log_every: int = 100, on_log: Callable[[int, dict[str, float]], None] | None = None,
-                    **loss_options: Any) -> list[dict[str, float]]:
+                    dropout: float = 0.0, **loss_options: Any) -> list[dict[str, float]]:
     """Fit an output projector on a ProjectorCache with `alignment_loss` (AdamW, warmup then cosine decay).
 
     `loss_options` go to `alignment_loss` (mse_weight, contrastive_weight, temperature, pad_weight, pool);
     the contrastive centre is the cache's mean target. Returns the logs averaged over each `log_every`
-    steps (with "step"); `on_log(step, logs)` sees them as they come. The projector is left in eval mode."""
+    steps (with "step"); `on_log(step, logs)` sees them as they come. `dropout` is set on the projector's
+    layers for the fit (`set_dropout`: it helps a fit compose attribute pairs the cache never asks for,
+    README). The projector is left in eval mode."""
+    from anygpt.projectors import set_dropout
+
+    set_dropout(projector, dropout)
     params = [p for p in projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (

@@ -87,7 +87,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500, fresh: bool = False,
-                       reads: str | None = None) -> dict:
+                       reads: str | None = None, dropout: float = 0.0) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -102,7 +102,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     projector reads (`ProjectorSettings.reads`); a projector not fitted in this run must then be
     fitted in a later one. `heldout_fraction`: the share of captions kept out of the fit to measure
     it on (`heldout_before`/`heldout_after` in realign.json); 0 fits on every caption and measures
-    nothing (a shipped fit: the held-out requests of `anygpt eval` judge it)."""
+    nothing (a shipped fit: the held-out requests of `anygpt eval` judge it). `dropout`: of the
+    projector's layers during the fit (`train_projector`)."""
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     out = Path(out)
@@ -138,7 +139,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                 rebuilt.append(m)
     report = {"init": str(init), "decoders": decoders or {}, "rebuilt": rebuilt, "steps": steps,
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
-              "pad_weight": pad_weight, "reads": app.config.projector.reads, "samples": len(samples),
+              "pad_weight": pad_weight, "dropout": dropout, "heldout_fraction": heldout_fraction,
+              "reads": app.config.projector.reads, "samples": len(samples),
               "modalities": {}}
     for m in wanted:
         cache = caches[m]
@@ -149,7 +151,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         torch.manual_seed(seed)
         history = train_projector(projector, subset(cache, train_rows), steps=steps, batch_size=batch_size, lr=lr,
                                   seed=seed, contrastive_weight=contrastive_weight, pad_weight=pad_weight,
-                                  log_every=250,
+                                  dropout=dropout, log_every=250,
                                   on_log=lambda step, logs, m=m: console.print(
                                       f"{m} projector step {step}/{steps} " +
                                       " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "step")))

@@ -82,6 +82,34 @@ def test_the_loss_trains_a_projector_on_a_cache_and_the_cache_round_trips(tmp_pa
     assert figures["top1"] > 0.5 and figures["spread"] > 0.3, figures
 
 
+def test_dropout_acts_in_the_fit_only():
+    """`set_dropout` reaches every layer of the projector (a train-mode forward varies, an eval one does
+    not), a fit with dropout still learns and leaves the projector in eval mode, and a rate of 1 is refused."""
+    from anygpt.projectors import set_dropout
+
+    torch.manual_seed(0)
+    projector = OutputProjector(12, TOKENS, DIM, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
+                                feedforward=64)
+    hidden, embeds = torch.randn(2, 3, 12), torch.randn(2, 3, 12)
+    projector.train()
+    assert torch.equal(projector(hidden, embeds), projector(hidden, embeds))  # built without dropout
+    set_dropout(projector, 0.5)
+    assert not torch.equal(projector(hidden, embeds), projector(hidden, embeds))
+    projector.eval()
+    assert torch.equal(projector(hidden, embeds), projector(hidden, embeds))
+    with pytest.raises(ValueError, match="dropout"):
+        set_dropout(projector, 1.0)
+
+    n = 24
+    target, mask = _padded_targets(6)
+    index = torch.arange(n) % 6
+    cache = ProjectorCache(hidden=torch.randn(6, 2, 12)[index], input_embeds=torch.randn(2, 12), index=index,
+                           targets=target, masks=mask, captions=[f"caption {k}" for k in range(6)])
+    history = train_projector(projector, cache, steps=60, batch_size=12, lr=3e-3, warmup=5, log_every=10,
+                              dropout=0.1)
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"] and not projector.training, history
+
+
 def test_caption_mask_marks_the_caption_tokens():
     from decoders import DECODERS
 
