@@ -60,7 +60,8 @@ def set_dropout(module: nn.Module, p: float) -> None:
     """Set the dropout of every layer of `module` (its Dropout modules and attention weights) to `p`.
 
     A fitting option, not part of the saved model: dropout acts only in training, and NExT-GPT's
-    projector shape has none (README, "What the output projectors read")."""
+    projector shape has none. It helps a fit compose attribute pairs the LLM never wrote in training
+    (README, "Dropout in the projector's fit")."""
     if not 0 <= p < 1:
         raise ValueError(f"dropout must be in [0, 1), got {p}")
     for layer in module.modules():

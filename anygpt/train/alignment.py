@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anygpt.projectors import pad_rows
+from anygpt.projectors import pad_rows, set_dropout
 
 
 # -- the loss ------------------------------------------------------------------------------------
@@ -256,10 +256,7 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     `loss_options` go to `alignment_loss` (mse_weight, contrastive_weight, temperature, pad_weight, pool);
     the contrastive centre is the cache's mean target. Returns the logs averaged over each `log_every`
     steps (with "step"); `on_log(step, logs)` sees them as they come. `dropout` is set on the projector's
-    layers for the fit (`set_dropout`: it helps a fit compose attribute pairs the cache never asks for,
-    README). The projector is left in eval mode."""
-    from anygpt.projectors import set_dropout
-
+    layers for the fit (`set_dropout`). The projector is left in eval mode."""
     set_dropout(projector, dropout)
     params = [p for p in projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
