@@ -256,7 +256,8 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     `loss_options` go to `alignment_loss` (mse_weight, contrastive_weight, temperature, pad_weight, pool);
     the contrastive centre is the cache's mean target. Returns the logs averaged over each `log_every`
     steps (with "step"); `on_log(step, logs)` sees them as they come. `dropout` is set on the projector's
-    layers for the fit (`set_dropout`). The projector is left in eval mode."""
+    layers for the fit only (`set_dropout`; back to 0 after it, as the projector was built). The
+    projector is left in eval mode."""
     set_dropout(projector, dropout)
     params = [p for p in projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -284,6 +285,7 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
             window = []
             if on_log is not None:
                 on_log(step + 1, summary)
+    set_dropout(projector, 0.0)
     projector.eval()
     return history
 

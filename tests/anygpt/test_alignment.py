@@ -108,6 +108,8 @@ def test_dropout_acts_in_the_fit_only():
     history = train_projector(projector, cache, steps=60, batch_size=12, lr=3e-3, warmup=5, log_every=10,
                               dropout=0.1)
     assert history[-1]["loss"] < 0.7 * history[0]["loss"] and not projector.training, history
+    projector.train()  # a later training forward (e.g. stage 3 in the same process) has no dropout left
+    assert torch.equal(projector(hidden, embeds), projector(hidden, embeds))
 
 
 def test_caption_mask_marks_the_caption_tokens():
