@@ -324,6 +324,18 @@ def sample_novel_audio(rng: np.random.Generator, *, sample_rate: int = SAMPLE_RA
                      _u(rng, 0.01, 0.03, 3), int(rng.integers(2**31)), sample_rate)
 
 
+def novel_sounds(n: int, seed: int) -> list[dict]:
+    """n sounds of kinds the world does not have, at either length (`sample_novel_audio`), as
+    manifest-like items holding their waves ("array") and training-split captions."""
+    rng = np.random.default_rng([seed, 2])
+    items = []
+    for _ in range(n):
+        spec = sample_novel_audio(rng)
+        items.append({"modality": "audio", "array": render(spec), "attributes": spec.labels(),
+                      "caption": caption(spec, rng)})
+    return items
+
+
 def sample_video(rng: np.random.Generator, split: str = "train", *, canvas: int = 64, frames: int = 8,
                  shape: str | None = None, color: str | None = None, direction: str | None = None) -> VideoSpec:
     if canvas % 2 or frames < 2:

@@ -383,7 +383,8 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
                      unet_steps: int = 1000,
                      batch_size: int = 32, seed: int = 0, max_steps: int | None = None, device: str = "auto",
                      parts: tuple[str, ...] = ("vae", "unet"), init: str | Path | None = None,
-                     zero_snr: bool = False, unet_lr: float = 1e-3, vae_loud_weight: float = 0.0) -> dict:
+                     zero_snr: bool = False, unet_lr: float = 1e-3, vae_loud_weight: float = 0.0,
+                     novel_audio: int = 0) -> dict:
     """Train the tiny AudioLDM's spectrogram VAE and its text-conditioned UNet; writes out/audio.
 
     Nothing is trained to make the wave: the vocoder is Griffin-Lim (decoders/spectral.py). `init`
@@ -392,7 +393,9 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
     VAE: retraining the VAE means retraining the UNet.) `parts=("vae-decoder",)` fits only the VAE's
     decoder further on whole spectrograms (`vae_decoder_steps`); the encoder, so the UNet's latents, stay
     as they are (`vae_loud_weight`: see `train_vae_decoder`). `zero_snr` and `unet_lr` as in
-    `train_tiny_image_and_video`."""
+    `train_tiny_image_and_video`. `novel_audio` sounds of kinds the world does not have, each at either
+    length (`toyworld.novel_sounds`), join the UNet's training sounds, so that length is not a
+    property of the kind (README, "Sounds the world does not have, for the decoder")."""
     from anygpt.config import resolve_path
     from decoders import AudioDecoder
 
@@ -403,13 +406,20 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         raise ValueError("training only some parts needs `init`, a trained decoder folder to start from")
 
     out = Path(out)
+    if novel_audio and "unet" not in parts:
+        raise ValueError("novel_audio sounds are for the UNet: add unet to parts")
     rows = load_rows(data, "audio")
+    world = len(rows)  # the VAE trains on the world's sounds only
+    rows += tw.novel_sounds(novel_audio, seed)
     length = int(AUDIO_SECONDS * tw.SAMPLE_RATE)
     waves = torch.zeros(len(rows), length)
     for i, r in enumerate(rows):
-        wave, sr = tw.load_audio(r["path"])
-        if sr != tw.SAMPLE_RATE:
-            raise ValueError(f"{r['path']}: expected {tw.SAMPLE_RATE} Hz audio, got {sr}")
+        if "array" in r:
+            wave = r["array"]
+        else:
+            wave, sr = tw.load_audio(r["path"])
+            if sr != tw.SAMPLE_RATE:
+                raise ValueError(f"{r['path']}: expected {tw.SAMPLE_RATE} Hz audio, got {sr}")
         waves[i, :min(length, len(wave))] = torch.from_numpy(wave[:length])
     dec = tiny_audio_decoder(seed) if init is None else AudioDecoder.from_pretrained(resolve_path(str(init)),
                                                                                       torch_dtype=torch.float32)
@@ -421,11 +431,11 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
     summaries = {}
     if "vae" in parts:
         # smaller batches than the UNet's: the windows' VAE steps, and the whole-clip decoder pass, cost more a row
-        summaries["vae"] = train_vae(pipe.vae, specs[:, None], out / "audio-vae", steps=vae_steps,
+        summaries["vae"] = train_vae(pipe.vae, specs[:world, None], out / "audio-vae", steps=vae_steps,
                                      batch_size=min(batch_size, 16), seed=seed, max_steps=max_steps, device=device,
                                      crop=VAE_CROP_FRAMES)
     if "vae" in parts or "vae-decoder" in parts:  # after a whole VAE, or alone: its decoder on whole clips
-        summaries["vae-decoder"] = train_vae_decoder(pipe.vae, specs[:, None], out / "audio-vae",
+        summaries["vae-decoder"] = train_vae_decoder(pipe.vae, specs[:world, None], out / "audio-vae",
                                                      steps=vae_decoder_steps, batch_size=min(batch_size, 8),
                                                      seed=seed, max_steps=max_steps, device=device,
                                                      loud_weight=vae_loud_weight)
@@ -436,5 +446,6 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         summaries["unet"] = train_conditioned_unet("audio-unet", dec, latents, [r["caption"] for r in rows], out,
                                                    steps=unet_steps, batch_size=batch_size, seed=seed,
                                                    max_steps=max_steps, device=device, lr=unet_lr)
+        summaries["unet"]["sounds"] = {"world": world, "novel": len(rows) - world}
     dec.save_pretrained(out / "audio")
     return summaries

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from anygpt.data.manifest import read_manifest
 from anygpt.data import toyworld as tw
-from anygpt.data.toyworld import DISPARITY, LABELS
+from anygpt.data.toyworld import DISPARITY, LABELS, novel_sounds
 from anygpt.train.loop import LoopSettings, console, train
 from encoders import ImageBindEncoder
 from encoders.preprocess import DEPTH_MAX_DISPARITY, DEPTH_MEAN, DEPTH_STD
@@ -178,18 +178,6 @@ class Pool:
 def label_of(example: dict) -> str:
     attrs = example["attributes"]
     return "|".join(str(attrs[k]) for k in LABELS[example["modality"]])
-
-
-def novel_sounds(n: int, seed: int) -> list[dict]:
-    """n sounds of kinds the world does not have, at either length (`toyworld.sample_novel_audio`), as
-    manifest-like items holding their waves ("array") and training-split captions."""
-    rng = np.random.default_rng([seed, 2])
-    items = []
-    for _ in range(n):
-        spec = tw.sample_novel_audio(rng)
-        items.append({"modality": "audio", "array": tw.render(spec), "attributes": spec.labels(),
-                      "caption": tw.caption(spec, rng)})
-    return items
 
 
 def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: int,

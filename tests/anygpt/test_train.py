@@ -114,7 +114,8 @@ def test_tiny_encoder_training_smoke(toy_data, tmp_path):
 
 
 def test_novel_sounds_join_the_audio_pool_with_their_own_classes():
-    from anygpt.train.tiny_encoder import build_pools, novel_sounds
+    from anygpt.data.toyworld import novel_sounds
+    from anygpt.train.tiny_encoder import build_pools
     from encoders import ImageBindEncoder
 
     items = novel_sounds(6, seed=0)
@@ -309,6 +310,15 @@ def test_tiny_audio_training_smoke(toy_data, tmp_path):
     with pytest.raises(ValueError, match="vae-decoder"):
         train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "bad", parts=("vae", "vae-decoder"),
                          init=tmp_path / "audio")
+
+    # the UNet alone, with sounds of kinds the world does not have beside the world's
+    novel = train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "novel", parts=("unet",), init=tmp_path / "audio",
+                             unet_steps=1, batch_size=2, novel_audio=3)
+    assert novel["unet"]["sounds"] == {"world": summary["unet"]["sounds"]["world"], "novel": 3}
+    assert summary["unet"]["sounds"]["novel"] == 0
+    with pytest.raises(ValueError, match="novel_audio"):
+        train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "bad", parts=("vae-decoder",),
+                         init=tmp_path / "audio", novel_audio=3)
 
 
 def test_export_writes_half_precision_parts_with_their_recipe(toy_data, tmp_path):
