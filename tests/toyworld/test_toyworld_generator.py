@@ -273,3 +273,25 @@ def test_training_dialogs_never_ask_for_a_held_out_pair(tmp_path):
     pairs = {(labels["color"], labels["shape"]) for _, labels in asked}
     assert not pairs & tw.HELDOUT["image"], pairs & tw.HELDOUT["image"]
     assert len(pairs) >= 8  # still many colours and shapes
+
+
+def test_dialogs_say_a_sounds_length_and_never_ask_for_a_held_out_pair(tmp_path):
+    """Sounds were described by kind alone ("Here is a warbling tone."), so the LLM never learnt to
+    carry a requested length to the decoder, and a question about a sound never checked its length."""
+    from anygpt.data.dialogs import make_dialogs, read_dialogs
+    from anygpt.eval.benchmark import _labels_in
+
+    manifest = tw.make_dataset(tmp_path, n_per_modality={"audio": 12}, seed=0)
+    dialogs = read_dialogs(make_dialogs(manifest, 200, seed=0, mix={"make": 1.0, "ask": 1.0}, two_outputs=0.0))
+    made = [(t["text"], o["caption"]) for d in dialogs for t in d["turns"] for o in t.get("outputs", [])
+            if o["modality"] == "audio"]
+    assert len(made) > 20
+    for reply, caption in made:
+        asked = _labels_in(caption, "audio")
+        assert set(asked) == {"kind", "length"} and _labels_in(reply, "audio") == asked
+        assert (asked["kind"], asked["length"]) not in tw.HELDOUT["audio"]
+    described = [d for d in dialogs if d["kind"] == "ask" and d["expect"].get("about") == "audio"
+                 and "length" in d["expect"]["answer"]]
+    assert described  # "describe this sound." answers "A long rising sweep." and is checked for both
+    for d in described:
+        assert _labels_in(d["turns"][1]["text"], "audio") == d["expect"]["answer"]
