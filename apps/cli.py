@@ -266,6 +266,8 @@ def train_tiny_encoder_cmd(
                                                        "sound's length) toward none of its values; 0: off.")] = 0.0,
     novel_audio: Annotated[int, typer.Option(help="Also this many sounds of kinds the toy world does not have "
                                                   "(chords, bells, organ notes), at both lengths.")] = 0,
+    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated: some of chord, bell, organ note, "
+                                                  "siren, two-note call, tremolo tone, noise band.")] = "chord,bell,organ note",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -274,7 +276,9 @@ def train_tiny_encoder_cmd(
 
     train_tiny_encoder(data, out, steps=steps, batch_size=batch_size, per_modality=per_modality, seed=seed,
                        attribute_weight=attribute_weight, change_fraction=change_fraction,
-                       neutral_weight=neutral_weight, novel_audio=novel_audio, max_steps=max_steps, device=device)
+                       neutral_weight=neutral_weight, novel_audio=novel_audio,
+                       novel_kinds=tuple(k.strip() for k in novel_kinds.split(",") if k.strip()), max_steps=max_steps,
+                       device=device)
 
 
 @_command(train_app, "tiny-decoders")

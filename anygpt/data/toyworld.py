@@ -312,25 +312,47 @@ def sample_audio(rng: np.random.Generator, split: str = "train", *, sample_rate:
 # Each is several steady lines at once, which no world kind is (a world sound is one line or noise).
 NOVEL_SOUNDS = ("chord", "bell", "organ note")
 NOVEL_PARTIALS = {"chord": (1.0, 1.26, 1.5), "bell": (1.0, 2.76, 5.4), "organ note": (1.0, 2.0, 4.0)}
+# More kinds the world does not have, closer to its own: one line (or one band of noise) each, as a world
+# sound is, but none of the world's kinds: a slow wide siren (a warble is fast and narrow), a call of two
+# notes, a tone whose loudness trembles (beeps go silent between), hiss in one narrow band.
+NOVEL_LINES = ("siren", "two-note call", "tremolo tone", "noise band")
 
 
-def sample_novel_audio(rng: np.random.Generator, *, sample_rate: int = SAMPLE_RATE) -> AudioSpec:
-    """A sound of a `NOVEL_SOUNDS` kind and either length: its partials (`NOVEL_PARTIALS`, ratios to a
-    base of 250-600 Hz) sound together, steady, for the whole sound."""
-    kind = NOVEL_SOUNDS[rng.integers(len(NOVEL_SOUNDS))]
+def sample_novel_audio(rng: np.random.Generator, *, kinds: tuple[str, ...] = NOVEL_SOUNDS,
+                       sample_rate: int = SAMPLE_RATE) -> AudioSpec:
+    """A sound of one of `kinds` (of `NOVEL_SOUNDS` and `NOVEL_LINES`) at either length. A `NOVEL_SOUNDS`
+    kind is its partials (`NOVEL_PARTIALS`, ratios to a base of 250-600 Hz), steady, for the whole sound."""
+    unknown = set(kinds) - set(NOVEL_SOUNDS + NOVEL_LINES)
+    if unknown or not kinds:
+        raise ValueError(f"novel kinds must be some of {NOVEL_SOUNDS + NOVEL_LINES}, got {sorted(unknown) or kinds}")
+    kind = kinds[rng.integers(len(kinds))]
     length = tuple(LENGTHS)[rng.integers(len(LENGTHS))]
     duration = _u(rng, *LENGTHS[length], digits=3)
-    return AudioSpec(kind, length, duration, _u(rng, 0.3, 0.8, 3), _u(rng, 250, 600, 1), 0.0, 0.0, 0.0, 0.0,
-                     _u(rng, 0.01, 0.03, 3), int(rng.integers(2**31)), sample_rate)
+    # drawn in this order first, as before the line kinds were added, so that seeded sets stay the same
+    amplitude, f0, fade, seed = _u(rng, 0.3, 0.8, 3), _u(rng, 250, 600, 1), _u(rng, 0.01, 0.03, 3), int(rng.integers(2**31))
+    f1, rate, depth = 0.0, 0.0, 0.0
+    if kind == "siren":  # up and down between f0 and f1, 0.8-1.6 times a second
+        f0 = _u(rng, 300, 800, 1)
+        f1, rate = round(f0 * _u(rng, 1.6, 2.0, 2), 1), _u(rng, 0.8, 1.6, 2)
+    elif kind == "two-note call":  # f0 for the first half, f1 for the second
+        f0 = _u(rng, 300, 1500, 1)
+        f1 = round(f0 * _u(rng, 1.3, 1.6, 2), 1)
+    elif kind == "tremolo tone":  # loudness dips by `depth` (a fraction), `rate` times a second
+        f0, rate, depth = _u(rng, 300, 2000, 1), _u(rng, 9, 14, 2), _u(rng, 0.5, 0.7, 2)
+    elif kind == "noise band":  # noise between f0 and f1
+        f0 = _u(rng, 800, 2500, 1)
+        f1 = round(f0 * 1.4, 1)
+    return AudioSpec(kind, length, duration, amplitude, f0, f1, rate, 0.0, depth, fade, seed, sample_rate)
 
 
-def novel_sounds(n: int, seed: int) -> list[dict]:
-    """n sounds of kinds the world does not have, at either length (`sample_novel_audio`), as
-    manifest-like items holding their waves ("array") and training-split captions."""
+def novel_sounds(n: int, seed: int, kinds: tuple[str, ...] = NOVEL_SOUNDS) -> list[dict]:
+    """n sounds of kinds the world does not have (some of `NOVEL_SOUNDS` and `NOVEL_LINES`), at either
+    length (`sample_novel_audio`), as manifest-like items holding their waves ("array") and
+    training-split captions."""
     rng = np.random.default_rng([seed, 2])
     items = []
     for _ in range(n):
-        spec = sample_novel_audio(rng)
+        spec = sample_novel_audio(rng, kinds=tuple(kinds))
         items.append({"modality": "audio", "array": render(spec), "attributes": spec.labels(),
                       "caption": caption(spec, rng)})
     return items
@@ -421,8 +443,11 @@ def render_audio(spec: AudioSpec) -> np.ndarray:
     """float32 [T] mono in [-1, 1] at spec.sample_rate."""
     sr, d = spec.sample_rate, spec.duration
     t = np.arange(int(round(d * sr))) / sr
-    if spec.kind == "noise burst":
+    if spec.kind in ("noise burst", "noise band"):
         x = np.random.default_rng(spec.noise_seed).standard_normal(len(t))
+        if spec.kind == "noise band":
+            bins = np.fft.rfftfreq(len(t), 1 / sr)
+            x = np.fft.irfft(np.fft.rfft(x) * ((bins >= spec.f0) & (bins <= spec.f1)), len(t))
         x /= np.abs(x).max()
     elif spec.kind in NOVEL_PARTIALS:
         x = sum(np.sin(2 * np.pi * spec.f0 * r * t) for r in NOVEL_PARTIALS[spec.kind]) / len(NOVEL_PARTIALS[spec.kind])
@@ -431,9 +456,16 @@ def render_audio(spec: AudioSpec) -> np.ndarray:
             freq = spec.f0 * (spec.f1 / spec.f0) ** (t / d)  # exponential: constant octaves per second
         elif spec.kind == "warbling tone":
             freq = spec.f0 * 2 ** (spec.depth / 12 * np.sin(2 * np.pi * spec.rate * t))
+        elif spec.kind == "siren":
+            up = 1 - np.abs(2 * ((spec.rate * t) % 1) - 1)  # 0 -> 1 -> 0 each cycle
+            freq = spec.f0 * (spec.f1 / spec.f0) ** up
+        elif spec.kind == "two-note call":
+            freq = np.where(t < d / 2, spec.f0, spec.f1)
         else:
             freq = np.full_like(t, spec.f0)
         x = np.sin(2 * np.pi * np.cumsum(freq) / sr)
+    if spec.kind == "tremolo tone":
+        x = x * (1 - spec.depth * (0.5 + 0.5 * np.sin(2 * np.pi * spec.rate * t)))
     if spec.kind == "pulsing beeps":
         # n beeps, the first starting at 0 and the last ending at d, each with 5 ms ramps (no clicks)
         n = max(3, int(round(spec.rate * d)))

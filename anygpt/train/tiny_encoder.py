@@ -219,16 +219,18 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
                        attribute_weight: float = 3.0, change_fraction: float = 0.5, neutral_weight: float = 0.0,
-                       novel_audio: int = 0, device: str = "auto") -> dict:
+                       novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS,
+                       device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
     `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES); `neutral_weight`
     weighs the pull of copies that lost an attribute toward none of its values (NEUTRAL_CHANGES; off by
     default: it read length better and kind worse, README "Where the audio length goes wrong").
     `novel_audio` sounds of kinds the world does not have, at both lengths, join the audio items
-    (`novel_sounds`; README, "Sounds the world does not have")."""
+    (`novel_sounds`, of `novel_kinds`; README, "Sounds the world does not have")."""
     torch.manual_seed(seed)
     encoder = ImageBindEncoder.tiny(seed=seed)
-    pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality, novel_sounds(novel_audio, seed))
+    pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
+                        novel_sounds(novel_audio, seed, novel_kinds))
 
     def batch_fn(step: int) -> dict[str, tuple[torch.Tensor, ...]]:
         rng = np.random.default_rng([seed, step])

@@ -109,7 +109,7 @@ def test_tiny_encoder_training_smoke(toy_data, tmp_path):
     from anygpt.train.tiny_encoder import train_tiny_encoder
 
     summary = train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path, steps=2, batch_size=4, per_modality=6,
-                                 neutral_weight=1.0, novel_audio=4)
+                                 neutral_weight=1.0, novel_audio=4, novel_kinds=("siren", "noise band"))
     assert summary["steps"] == 2 and (tmp_path / "encoder" / "model.safetensors").is_file()
 
 

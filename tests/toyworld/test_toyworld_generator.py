@@ -295,3 +295,38 @@ def test_dialogs_say_a_sounds_length_and_never_ask_for_a_held_out_pair(tmp_path)
     assert described  # "describe this sound." answers "A long rising sweep." and is checked for both
     for d in described:
         assert _labels_in(d["turns"][1]["text"], "audio") == d["expect"]["answer"]
+
+
+def test_novel_line_kinds_sound_as_described():
+    """The kinds the world does not have, one line each (`NOVEL_LINES`): checked on their spectra."""
+    rng = np.random.default_rng(0)
+    specs = {}
+    while len(specs) < len(tw.NOVEL_LINES):
+        spec = tw.sample_novel_audio(rng, kinds=tw.NOVEL_LINES)
+        specs.setdefault(spec.kind, spec)
+    sr = tw.SAMPLE_RATE
+
+    def peak(x):
+        spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        return np.fft.rfftfreq(len(x), 1 / sr)[spectrum.argmax()]
+
+    for kind, spec in specs.items():
+        x = tw.render(spec)
+        low, high = tw.LENGTHS[spec.length]
+        assert low <= len(x) / sr <= high, kind
+        if kind == "two-note call":
+            n = len(x) // 2
+            assert abs(peak(x[n // 4:3 * n // 4]) - spec.f0) < 20 and abs(peak(x[5 * n // 4:7 * n // 4]) - spec.f1) < 20
+        elif kind == "siren":  # at the bottom at 0, at the top half a cycle later
+            top = int(sr / (2 * spec.rate))
+            assert abs(peak(x[top - 800:top + 800]) - spec.f1) < 0.1 * spec.f1
+            assert abs(peak(x[:1600]) - spec.f0) < 0.1 * spec.f1
+        elif kind == "tremolo tone":
+            env = np.abs(x[int(0.1 * sr):int(0.9 * sr)]).reshape(-1, 80).max(1)  # 5 ms windows
+            assert env.min() < 0.6 * env.max() and abs(peak(x) - spec.f0) < 20
+        elif kind == "noise band":
+            power = np.abs(np.fft.rfft(x)) ** 2
+            f = np.fft.rfftfreq(len(x), 1 / sr)
+            assert power[(f >= spec.f0) & (f <= spec.f1)].sum() > 0.99 * power.sum()
+    with pytest.raises(ValueError, match="novel kinds"):
+        tw.sample_novel_audio(rng, kinds=("low tone",))  # a world kind is not novel
