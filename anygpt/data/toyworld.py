@@ -314,8 +314,10 @@ NOVEL_SOUNDS = ("chord", "bell", "organ note")
 NOVEL_PARTIALS = {"chord": (1.0, 1.26, 1.5), "bell": (1.0, 2.76, 5.4), "organ note": (1.0, 2.0, 4.0)}
 # More kinds the world does not have, closer to its own: one line (or one band of noise) each, as a world
 # sound is, but none of the world's kinds: a slow wide siren (a warble is fast and narrow), a call of two
-# notes, a tone whose loudness trembles (beeps go silent between), hiss in one narrow band.
-NOVEL_LINES = ("siren", "two-note call", "tremolo tone", "noise band")
+# notes, a tone whose loudness trembles (beeps go silent between), hiss in one narrow band; steady tones
+# below and above the world's pitch bands (drone, squeal) and noise below and above most of a noise
+# burst's (rumble, sizzle), so that steady tones and noises, too, come in both lengths.
+NOVEL_LINES = ("siren", "two-note call", "tremolo tone", "noise band", "drone", "squeal", "rumble", "sizzle")
 
 
 def sample_novel_audio(rng: np.random.Generator, *, kinds: tuple[str, ...] = NOVEL_SOUNDS,
@@ -342,6 +344,14 @@ def sample_novel_audio(rng: np.random.Generator, *, kinds: tuple[str, ...] = NOV
     elif kind == "noise band":  # noise between f0 and f1
         f0 = _u(rng, 800, 2500, 1)
         f1 = round(f0 * 1.4, 1)
+    elif kind == "drone":  # a steady tone below the low tones' 150-300 Hz
+        f0 = _u(rng, 50, 110, 1)
+    elif kind == "squeal":  # a steady tone above the high tones' 1600-3200 Hz
+        f0 = _u(rng, 5000, 7000, 1)
+    elif kind == "rumble":
+        f0, f1 = 40.0, _u(rng, 300, 450, 1)
+    elif kind == "sizzle":
+        f0, f1 = _u(rng, 4000, 5000, 1), 7900.0
     return AudioSpec(kind, length, duration, amplitude, f0, f1, rate, 0.0, depth, fade, seed, sample_rate)
 
 
@@ -443,9 +453,9 @@ def render_audio(spec: AudioSpec) -> np.ndarray:
     """float32 [T] mono in [-1, 1] at spec.sample_rate."""
     sr, d = spec.sample_rate, spec.duration
     t = np.arange(int(round(d * sr))) / sr
-    if spec.kind in ("noise burst", "noise band"):
+    if spec.kind in ("noise burst", "noise band", "rumble", "sizzle"):
         x = np.random.default_rng(spec.noise_seed).standard_normal(len(t))
-        if spec.kind == "noise band":
+        if spec.kind != "noise burst":
             bins = np.fft.rfftfreq(len(t), 1 / sr)
             x = np.fft.irfft(np.fft.rfft(x) * ((bins >= spec.f0) & (bins <= spec.f1)), len(t))
         x /= np.abs(x).max()

@@ -324,7 +324,11 @@ def test_novel_line_kinds_sound_as_described():
         elif kind == "tremolo tone":
             env = np.abs(x[int(0.1 * sr):int(0.9 * sr)]).reshape(-1, 80).max(1)  # 5 ms windows
             assert env.min() < 0.6 * env.max() and abs(peak(x) - spec.f0) < 20
-        elif kind == "noise band":
+        elif kind in ("drone", "squeal"):  # steady, outside the world's pitch bands
+            n = len(x) // 2
+            assert abs(peak(x[:n]) - spec.f0) < 5 and abs(peak(x[n:]) - spec.f0) < 5
+            assert not any(lo <= spec.f0 <= hi for lo, hi in tw.PITCH_BANDS.values())
+        elif kind in ("noise band", "rumble", "sizzle"):
             power = np.abs(np.fft.rfft(x)) ** 2
             f = np.fft.rfftfreq(len(x), 1 / sr)
             assert power[(f >= spec.f0) & (f <= spec.f1)].sum() > 0.99 * power.sum()
