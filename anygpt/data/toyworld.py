@@ -316,8 +316,10 @@ NOVEL_PARTIALS = {"chord": (1.0, 1.26, 1.5), "bell": (1.0, 2.76, 5.4), "organ no
 # sound is, but none of the world's kinds: a slow wide siren (a warble is fast and narrow), a call of two
 # notes, a tone whose loudness trembles (beeps go silent between), hiss in one narrow band; steady tones
 # below and above the world's pitch bands (drone, squeal) and noise below and above most of a noise
-# burst's (rumble, sizzle), so that steady tones and noises, too, come in both lengths.
-NOVEL_LINES = ("siren", "two-note call", "tremolo tone", "noise band", "drone", "squeal", "rumble", "sizzle")
+# burst's (rumble, sizzle), so that steady tones and noises, too, come in both lengths; and a crackle,
+# clicks at random times, each across the whole band as white noise is, but no steady noise.
+NOVEL_LINES = ("siren", "two-note call", "tremolo tone", "noise band", "drone", "squeal", "rumble", "sizzle",
+               "crackle")
 
 
 def sample_novel_audio(rng: np.random.Generator, *, kinds: tuple[str, ...] = NOVEL_SOUNDS,
@@ -352,6 +354,8 @@ def sample_novel_audio(rng: np.random.Generator, *, kinds: tuple[str, ...] = NOV
         f0, f1 = 40.0, _u(rng, 300, 450, 1)
     elif kind == "sizzle":
         f0, f1 = _u(rng, 4000, 5000, 1), 7900.0
+    elif kind == "crackle":  # `rate` clicks a second
+        rate = _u(rng, 20, 60, 1)
     return AudioSpec(kind, length, duration, amplitude, f0, f1, rate, 0.0, depth, fade, seed, sample_rate)
 
 
@@ -458,6 +462,13 @@ def render_audio(spec: AudioSpec) -> np.ndarray:
         if spec.kind != "noise burst":
             bins = np.fft.rfftfreq(len(t), 1 / sr)
             x = np.fft.irfft(np.fft.rfft(x) * ((bins >= spec.f0) & (bins <= spec.f1)), len(t))
+        x /= np.abs(x).max()
+    elif spec.kind == "crackle":  # clicks of 1-3 samples at random times, random signs and sizes
+        clicks = np.random.default_rng(spec.noise_seed)
+        x = np.zeros(len(t))
+        at = clicks.integers(0, len(t), max(1, int(spec.rate * d)))
+        for width in (1, 2, 3):
+            x[np.minimum(at + width - 1, len(t) - 1)] += clicks.uniform(-1, 1, len(at)) / width
         x /= np.abs(x).max()
     elif spec.kind in NOVEL_PARTIALS:
         x = sum(np.sin(2 * np.pi * spec.f0 * r * t) for r in NOVEL_PARTIALS[spec.kind]) / len(NOVEL_PARTIALS[spec.kind])

@@ -328,6 +328,9 @@ def test_novel_line_kinds_sound_as_described():
             n = len(x) // 2
             assert abs(peak(x[:n]) - spec.f0) < 5 and abs(peak(x[n:]) - spec.f0) < 5
             assert not any(lo <= spec.f0 <= hi for lo, hi in tw.PITCH_BANDS.values())
+        elif kind == "crackle":  # silent but for clicks, spread over the whole sound
+            loud = np.flatnonzero(np.abs(x) > 0.05 * np.abs(x).max())
+            assert len(loud) < 0.01 * len(x) and loud.min() < 0.4 * len(x) and loud.max() > 0.6 * len(x)
         elif kind in ("noise band", "rumble", "sizzle"):
             power = np.abs(np.fft.rfft(x)) ** 2
             f = np.fft.rfftfreq(len(x), 1 / sr)
