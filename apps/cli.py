@@ -265,9 +265,11 @@ def train_tiny_encoder_cmd(
     neutral_weight: Annotated[float, typer.Option(help="Weight of the pull of copies that lost an attribute (a cut "
                                                        "sound's length) toward none of its values; 0: off.")] = 0.0,
     novel_audio: Annotated[int, typer.Option(help="Also this many sounds of kinds the toy world does not have "
-                                                  "(chords, bells, organ notes), at both lengths.")] = 0,
-    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated: some of chord, bell, organ note, "
-                                                  "siren, two-note call, tremolo tone, noise band.")] = "chord,bell,organ note",
+                                                  "(--novel-kinds), at both lengths.")] = 0,
+    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated: some of toyworld.NOVEL_SOUNDS "
+                                                  "(chord, bell, organ note) and NOVEL_LINES (siren, two-note call, "
+                                                  "tremolo tone, noise band, drone, squeal, rumble, sizzle, "
+                                                  "crackle).")] = "chord,bell,organ note",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -333,7 +335,8 @@ def train_tiny_audio_cmd(
     vae_loud_weight: Annotated[float, typer.Option(help="The VAE decoder's fit (--parts vae or vae-decoder): "
                                                         "weight of the spectrogram's loud parts (README).")] = 0.0,
     novel_audio: Annotated[int, typer.Option(help="Also train the UNet on this many sounds of kinds the toy world "
-                                                  "does not have, at either length (README).")] = 0,
+                                                  "does not have (chords, bells, organ notes), at either length "
+                                                  "(README).")] = 0,
 ) -> None:
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio

@@ -395,7 +395,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
     as they are (`vae_loud_weight`: see `train_vae_decoder`). `zero_snr` and `unet_lr` as in
     `train_tiny_image_and_video`. `novel_audio` sounds of kinds the world does not have, each at either
     length (`toyworld.novel_sounds`), join the UNet's training sounds, so that length is not a
-    property of the kind (README, "Sounds the world does not have, for the decoder")."""
+    property of the kind (README, "The audio path": tried, not shipped)."""
     from anygpt.config import resolve_path
     from decoders import AudioDecoder
 
