@@ -335,8 +335,9 @@ def train_tiny_audio_cmd(
     vae_loud_weight: Annotated[float, typer.Option(help="The VAE decoder's fit (--parts vae or vae-decoder): "
                                                         "weight of the spectrogram's loud parts (README).")] = 0.0,
     novel_audio: Annotated[int, typer.Option(help="Also train the UNet on this many sounds of kinds the toy world "
-                                                  "does not have (chords, bells, organ notes), at either length "
-                                                  "(README).")] = 0,
+                                                  "does not have (--novel-kinds), at either length (README).")] = 0,
+    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated, as for tiny-encoder.")
+                           ] = "chord,bell,organ note",
 ) -> None:
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
     from anygpt.train.tiny_decoders import train_tiny_audio
@@ -344,7 +345,8 @@ def train_tiny_audio_cmd(
     train_tiny_audio(data, out, vae_steps=vae_steps, vae_decoder_steps=vae_decoder_steps, unet_steps=unet_steps,
                      batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
-                     zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight, novel_audio=novel_audio)
+                     zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight, novel_audio=novel_audio,
+                     novel_kinds=tuple(k.strip() for k in novel_kinds.split(",") if k.strip()))
 
 
 @_command(train_app, "projectors")

@@ -384,7 +384,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
                      batch_size: int = 32, seed: int = 0, max_steps: int | None = None, device: str = "auto",
                      parts: tuple[str, ...] = ("vae", "unet"), init: str | Path | None = None,
                      zero_snr: bool = False, unet_lr: float = 1e-3, vae_loud_weight: float = 0.0,
-                     novel_audio: int = 0) -> dict:
+                     novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> dict:
     """Train the tiny AudioLDM's spectrogram VAE and its text-conditioned UNet; writes out/audio.
 
     Nothing is trained to make the wave: the vocoder is Griffin-Lim (decoders/spectral.py). `init`
@@ -394,7 +394,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
     decoder further on whole spectrograms (`vae_decoder_steps`); the encoder, so the UNet's latents, stay
     as they are (`vae_loud_weight`: see `train_vae_decoder`). `zero_snr` and `unet_lr` as in
     `train_tiny_image_and_video`. `novel_audio` sounds of kinds the world does not have, each at either
-    length (`toyworld.novel_sounds`), join the UNet's training sounds, so that length is not a
+    length (`toyworld.novel_sounds`, of `novel_kinds`), join the UNet's training sounds, so that length is not a
     property of the kind (README, "The audio path": tried, not shipped)."""
     from anygpt.config import resolve_path
     from decoders import AudioDecoder
@@ -410,7 +410,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         raise ValueError("novel_audio sounds are for the UNet: add unet to parts")
     rows = load_rows(data, "audio")
     world = len(rows)  # the VAE trains on the world's sounds only
-    rows += tw.novel_sounds(novel_audio, seed)
+    rows += tw.novel_sounds(novel_audio, seed, novel_kinds)
     length = int(AUDIO_SECONDS * tw.SAMPLE_RATE)
     waves = torch.zeros(len(rows), length)
     for i, r in enumerate(rows):
@@ -446,6 +446,7 @@ def train_tiny_audio(data: str | Path, out: str | Path, *, vae_steps: int = 600,
         summaries["unet"] = train_conditioned_unet("audio-unet", dec, latents, [r["caption"] for r in rows], out,
                                                    steps=unet_steps, batch_size=batch_size, seed=seed,
                                                    max_steps=max_steps, device=device, lr=unet_lr)
-        summaries["unet"]["sounds"] = {"world": world, "novel": len(rows) - world}
+        summaries["unet"]["sounds"] = {"world": world, "novel": len(rows) - world,
+                                       "novel_kinds": sorted({r["attributes"]["kind"] for r in rows[world:]})}
     dec.save_pretrained(out / "audio")
     return summaries

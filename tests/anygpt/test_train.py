@@ -313,8 +313,10 @@ def test_tiny_audio_training_smoke(toy_data, tmp_path):
 
     # the UNet alone, with sounds of kinds the world does not have beside the world's
     novel = train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "novel", parts=("unet",), init=tmp_path / "audio",
-                             unet_steps=1, batch_size=2, novel_audio=3)
-    assert novel["unet"]["sounds"] == {"world": summary["unet"]["sounds"]["world"], "novel": 3}
+                             unet_steps=1, batch_size=2, novel_audio=3, novel_kinds=("siren", "drone"))
+    sounds = novel["unet"]["sounds"]
+    assert (sounds["world"], sounds["novel"]) == (summary["unet"]["sounds"]["world"], 3)
+    assert set(sounds["novel_kinds"]) <= {"siren", "drone"} and sounds["novel_kinds"]
     assert summary["unet"]["sounds"]["novel"] == 0
     with pytest.raises(ValueError, match="novel_audio"):
         train_tiny_audio(toy_data / "manifest.jsonl", tmp_path / "bad", parts=("vae-decoder",),
