@@ -254,6 +254,14 @@ train_app = typer.Typer(no_args_is_help=True, help="Train AnyGPT's parts (resuma
 app.add_typer(train_app, name="train")
 
 
+def _novel_kinds(text: str) -> tuple[str, ...]:
+    """A --novel-kinds value: kinds, comma-separated, or "recipe" for the encoder recipe's."""
+    if text.strip() == "recipe":
+        from anygpt.train.tiny_encoder import RECIPE_NOVEL_KINDS
+        return RECIPE_NOVEL_KINDS
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
 @_command(train_app, "tiny-encoder")
 def train_tiny_encoder_cmd(
     data: Annotated[Path, typer.Option(help="Toy-world manifest.jsonl.")],
@@ -269,18 +277,17 @@ def train_tiny_encoder_cmd(
     novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated: some of toyworld.NOVEL_SOUNDS "
                                                   "(chord, bell, organ note) and NOVEL_LINES (siren, two-note call, "
                                                   "tremolo tone, noise band, drone, squeal, rumble, sizzle, "
-                                                  "crackle); default: all but crackle.")] = "recipe",
+                                                  "crackle); recipe: all but crackle.")] = "recipe",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
     """Contrastive training of the tiny ImageBind on the toy world."""
-    from anygpt.train.tiny_encoder import RECIPE_NOVEL_KINDS, train_tiny_encoder
+    from anygpt.train.tiny_encoder import train_tiny_encoder
 
     train_tiny_encoder(data, out, steps=steps, batch_size=batch_size, per_modality=per_modality, seed=seed,
                        attribute_weight=attribute_weight, change_fraction=change_fraction,
                        neutral_weight=neutral_weight, novel_audio=novel_audio,
-                       novel_kinds=RECIPE_NOVEL_KINDS if novel_kinds == "recipe" else
-                       tuple(k.strip() for k in novel_kinds.split(",") if k.strip()), max_steps=max_steps,
+                       novel_kinds=_novel_kinds(novel_kinds), max_steps=max_steps,
                        device=device)
 
 
@@ -337,7 +344,7 @@ def train_tiny_audio_cmd(
                                                         "weight of the spectrogram's loud parts (README).")] = 0.0,
     novel_audio: Annotated[int, typer.Option(help="Also train the UNet on this many sounds of kinds the toy world "
                                                   "does not have (--novel-kinds), at either length (README).")] = 0,
-    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated (see tiny-encoder --help).")
+    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated, or recipe (see tiny-encoder --help).")
                            ] = "chord,bell,organ note",
 ) -> None:
     """Train the tiny AudioLDM: spectrogram VAE and MiniLM-conditioned UNet (Griffin-Lim makes the wave)."""
@@ -347,7 +354,7 @@ def train_tiny_audio_cmd(
                      batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
                      zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight, novel_audio=novel_audio,
-                     novel_kinds=tuple(k.strip() for k in novel_kinds.split(",") if k.strip()))
+                     novel_kinds=_novel_kinds(novel_kinds))
 
 
 @_command(train_app, "projectors")

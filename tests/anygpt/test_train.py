@@ -113,6 +113,15 @@ def test_tiny_encoder_training_smoke(toy_data, tmp_path):
     assert summary["steps"] == 2 and (tmp_path / "encoder" / "model.safetensors").is_file()
 
 
+def test_novel_kinds_option_reads_a_list_or_the_recipe():
+    from anygpt.data.toyworld import NOVEL_LINES, NOVEL_SOUNDS
+    from apps.cli import _novel_kinds
+
+    assert _novel_kinds(" siren, drone ,") == ("siren", "drone")
+    recipe = _novel_kinds("recipe")
+    assert set(recipe) == set(NOVEL_SOUNDS + NOVEL_LINES) - {"crackle"} and len(recipe) == 11
+
+
 def test_novel_sounds_join_the_audio_pool_with_their_own_classes():
     from anygpt.data.toyworld import novel_sounds
     from anygpt.train.tiny_encoder import build_pools
