@@ -80,3 +80,21 @@ def test_an_oracle_scores_full_marks_and_a_mute_model_none():
     assert mute["plain_chat_no_signal"] == 1.0
     assert mute["routing_exact"] < 0.5
     assert max(v for k, v in mute.items() if k not in ("plain_chat_no_signal", "routing_exact")) == 0.0, mute
+
+
+def test_each_media_answer_figure_rests_on_a_dozen_questions_or_more():
+    # the mixed dialogs hold 2-6 questions per attribute; the extra held-out questions make each
+    # `{m}_to_text_{attribute}` figure one that can tell 85% from 100%
+    kept: list = []
+    scores = benchmark.eval_llm(Oracle(), n=48, keep=kept)
+    counts: dict[str, int] = {}
+    for dialog, _ in kept:
+        for key in dialog["expect"]["answer"]:
+            name = f"{dialog['expect']['about']}_to_text_{key}"
+            counts[name] = counts.get(name, 0) + 1
+    assert len(kept) == 48 + 96
+    assert set(counts) == {k for k in scores if "_to_text_" in k}
+    assert min(counts.values()) >= 12, counts
+    only_mix: list = []
+    benchmark.eval_llm(Oracle(), n=48, keep=only_mix, asks=0)
+    assert len(only_mix) == 48
