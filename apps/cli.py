@@ -408,7 +408,8 @@ def export_tiny_cmd(
 
 def _stage_command(stage: int):
     def command(
-        data: Annotated[Path, typer.Option(help="Manifest (stages 1-2) or dialogs.jsonl (stage 3).")],
+        data: Annotated[Path, typer.Option(help="Manifest (stages 1-2) or dialogs.jsonl (stage 3; stage 1: "
+                                                "its questions about attached media).")],
         out: Annotated[Path, typer.Option(help="Run folder (checkpoint/, model/).")],
         config: Annotated[Optional[Path], typer.Option(help="Config file; default: --preset.")] = None,
         preset: str = "tiny",

@@ -1,6 +1,9 @@
 """NExT-GPT's three training stages, for any backbone (docs/architecture.md, "Training stages").
 
-1. encoder-side alignment: X -> caption. Trains the input projector (LM loss on the caption).
+1. encoder-side alignment: X -> caption. Trains the input projector (LM loss on the caption). Given
+   dialogs instead of a manifest, it trains the input projector alone on the dialogs that attach
+   media (questions about them): after stage 3, this teaches the model to read media without touching
+   what it writes for text-only requests (README, "Reading media after stage 3").
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
    projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
    decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
@@ -226,6 +229,9 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     rng = np.random.default_rng(seed)
     if stage == 3:
         samples = stage3_samples(model, read_dialogs(data))
+    elif stage == 1 and is_dialogs(data):
+        samples = stage3_samples(model, [d for d in read_dialogs(data)
+                                         if any(t.get("media") for t in d["turns"] if t["role"] == "user")])
     else:
         examples = read_manifest(data, check_files=True)
         samples = stage1_samples(examples, rng) if stage == 1 else stage2_samples(model, examples, rng)
@@ -251,6 +257,22 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if is_main_process():
         app.save_pretrained(out / "model")
     return summary
+
+
+def is_dialogs(path: str | Path) -> bool:
+    """Whether a JSONL file holds dialogs (lines with "turns") rather than a manifest."""
+    import json
+
+    if not Path(path).is_file():
+        return False  # the manifest reader names the missing file
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return "turns" in json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+    return False
 
 
 def _with_lora(app: AnyGPT) -> AnyGPT:

@@ -528,3 +528,25 @@ def test_a_rebuilt_projector_starts_from_the_seed_alone(tiny_backbone_config, tm
     first, second, other = rebuilt(3, 1), rebuilt(3, 1000), rebuilt(4, 1)
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_stage1_on_dialogs_trains_the_input_projector_alone_on_questions_about_media(
+        tiny_backbone_config, toy_data, tmp_path):
+    """After stage 3: the dialogs that attach media teach the input projector to read them; the LoRA,
+    the signal rows and the output projectors (what text-only requests use) stay as they were."""
+    from anygpt.train.stages import is_dialogs
+
+    dialogs = toy_data / "dialogs.jsonl"
+    assert is_dialogs(dialogs) and not is_dialogs(toy_data / "manifest.jsonl")
+    kwargs = dict(steps=3, batch_size=2, lr=3e-3, seed=0)
+    train_stage(3, dialogs, tmp_path / "s3", config=tiny_backbone_config, **kwargs)
+    summary = train_stage(1, dialogs, tmp_path / "s1", init=tmp_path / "s3" / "model", **kwargs)
+    with_media = [d for d in read_dialogs(dialogs) if d["turns"][0].get("media")]
+    assert summary["steps"] == 3 and with_media
+    before = load_file(tmp_path / "s3" / "model" / "anygpt.safetensors")
+    after = load_file(tmp_path / "s1" / "model" / "anygpt.safetensors")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("input_projector.") for k in moved), moved
+    lora = "lora/adapter_model.safetensors"
+    assert all(torch.equal(v, load_file(tmp_path / "s1" / "model" / lora)[k])
+               for k, v in load_file(tmp_path / "s3" / "model" / lora).items())
