@@ -22,6 +22,7 @@ signal tokens). The loop (`anygpt.train.loop`) runs on one process or several (t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +262,6 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
 
 def is_dialogs(path: str | Path) -> bool:
     """Whether a JSONL file holds dialogs (lines with "turns") rather than a manifest."""
-    import json
-
     if not Path(path).is_file():
         return False  # the manifest reader names the missing file
     with open(path) as f:
