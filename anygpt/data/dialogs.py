@@ -212,6 +212,16 @@ def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train
     return out
 
 
+def is_dialogs(path: str | Path) -> bool:
+    """Whether a JSONL file holds dialogs (its first line has "turns") rather than a manifest; a
+    missing or unreadable file is neither (the readers name what is wrong with it)."""
+    try:
+        with open(path) as f:
+            return "turns" in json.loads(next(line for line in f if line.strip()))
+    except (OSError, StopIteration, json.JSONDecodeError, TypeError):  # TypeError: a line that is not an object
+        return False
+
+
 def read_dialogs(path: str | Path) -> list[dict]:
     """Dialogs of a JSONL file, media paths resolved against its folder; errors name the line."""
     path = Path(path)

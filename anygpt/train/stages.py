@@ -22,7 +22,6 @@ signal tokens). The loop (`anygpt.train.loop`) runs on one process or several (t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
-from anygpt.data.dialogs import MAKE, read_dialogs
+from anygpt.data.dialogs import MAKE, is_dialogs, read_dialogs
 from anygpt.data.manifest import read_manifest
 from anygpt.model import AnyGPTModel, AnyGPTOutput, Turn
 from anygpt.pipeline import AnyGPT
@@ -258,20 +257,6 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if is_main_process():
         app.save_pretrained(out / "model")
     return summary
-
-
-def is_dialogs(path: str | Path) -> bool:
-    """Whether a JSONL file holds dialogs (lines with "turns") rather than a manifest."""
-    if not Path(path).is_file():
-        return False  # the manifest reader names the missing file
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return "turns" in json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-    return False
 
 
 def _with_lora(app: AnyGPT) -> AnyGPT:

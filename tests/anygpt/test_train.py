@@ -534,7 +534,7 @@ def test_stage1_on_dialogs_trains_the_input_projector_alone_on_questions_about_m
         tiny_backbone_config, toy_data, tmp_path):
     """After stage 3: the dialogs that attach media teach the input projector to read them; the LoRA,
     the signal rows and the output projectors (what text-only requests use) stay as they were."""
-    from anygpt.train.stages import is_dialogs
+    from anygpt.data.dialogs import is_dialogs
 
     dialogs = toy_data / "dialogs.jsonl"
     assert is_dialogs(dialogs) and not is_dialogs(toy_data / "manifest.jsonl")
