@@ -152,7 +152,7 @@ def _probe(artifact, modality: str) -> dict[str, str]:
 
 @torch.no_grad()
 def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: list | None = None,
-             batch: int = 8, asks: int | None = None) -> dict[str, float]:
+             batch: int = 8, asks: int | None = None, makes: int | None = None) -> dict[str, float]:
     """The whole model on held-out dialogs (held-out wordings, attribute combinations and media).
 
     - `routing_exact`: the reply makes exactly the modalities the dialog asks for (none for chat);
@@ -161,7 +161,10 @@ def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: 
     - `text_to_{m}_{attribute}_e2e`: media the LLM chose to make show the asked attributes (probes).
     The `n` dialogs mix every kind of request; `asks` more (default `2 * n`) are questions about an
     attached item only, so that each `{m}_to_text_{attribute}` figure rests on a dozen or more answers
-    (the mixed dialogs hold 2-6 per attribute) and the routing figures stay those of the mix.
+    (the mixed dialogs hold 2-6 per attribute) and the routing figures stay those of the mix. Likewise
+    `makes` more (default `2 * n`) are requests to make one or two items, so that each
+    `text_to_{m}_{attribute}_e2e` figure rests on 30 or more items (the mix makes 5-15 per modality,
+    where one sound is 20 points).
     `keep` collects (dialog, response) pairs. Dialogs go `batch` at a time through `app.chat_batch`
     (each with its own seed), as scripted generation sends them.
     """
@@ -180,6 +183,9 @@ def eval_llm(app, n: int = 60, *, steps: int = 10, seed: int = EVAL_SEED, keep: 
         asks = 2 * n if asks is None else asks
         if asks:
             dialogs += read_dialogs(make_dialogs(manifest, asks, seed=seed + 1, split="heldout", mix={"ask": 1.0}))
+        makes = 2 * n if makes is None else makes
+        if makes:
+            dialogs += read_dialogs(make_dialogs(manifest, makes, seed=seed + 2, split="heldout", mix={"make": 1.0}))
         requests = [ChatRequest(d["turns"][0]["text"], media=[(item["modality"], item["path"])
                                                               for item in d["turns"][0].get("media", [])],
                                 options={"seed": i, "num_inference_steps": steps}) for i, d in enumerate(dialogs)]

@@ -82,9 +82,10 @@ def test_an_oracle_scores_full_marks_and_a_mute_model_none():
     assert max(v for k, v in mute.items() if k not in ("plain_chat_no_signal", "routing_exact")) == 0.0, mute
 
 
-def test_each_media_answer_figure_rests_on_a_dozen_questions_or_more():
-    # the mixed dialogs hold 2-6 questions per attribute; the extra held-out questions make each
-    # `{m}_to_text_{attribute}` figure one that can tell 85% from 100%
+def test_each_media_figure_rests_on_enough_items():
+    # the mixed dialogs hold 2-6 questions per attribute and make 5-15 items per modality; the extra
+    # held-out questions and requests make each `{m}_to_text_{attribute}` figure one that can tell
+    # 85% from 100%, and each `text_to_{m}_..._e2e` figure comparable with the decoders' own (48 items)
     kept: list = []
     scores = benchmark.eval_llm(Oracle(), n=48, keep=kept)
     counts: dict[str, int] = {}
@@ -92,9 +93,13 @@ def test_each_media_answer_figure_rests_on_a_dozen_questions_or_more():
         for key in dialog["expect"]["answer"]:
             name = f"{dialog['expect']['about']}_to_text_{key}"
             counts[name] = counts.get(name, 0) + 1
-    assert len(kept) == 48 + 96
-    assert set(counts) == {k for k in scores if "_to_text_" in k}
-    assert min(counts.values()) >= 12, counts
+        for turn in dialog["turns"]:
+            for item in turn.get("outputs", []):
+                counts[item["modality"]] = counts.get(item["modality"], 0) + 1
+    assert len(kept) == 48 + 96 + 96
+    assert {k for k in counts if "_to_text_" in k} == {k for k in scores if "_to_text_" in k}
+    assert min(v for k, v in counts.items() if "_to_text_" in k) >= 12, counts
+    assert min(counts[m] for m in ("image", "audio", "video")) >= 30, counts
     only_mix: list = []
-    benchmark.eval_llm(Oracle(), n=48, keep=only_mix, asks=0)
+    benchmark.eval_llm(Oracle(), n=48, keep=only_mix, asks=0, makes=0)
     assert len(only_mix) == 48
