@@ -113,6 +113,11 @@ class ProjectorSettings(_Strict):
     # "reply", the reply's words up to the run's end as well, so that a request's attributes reach
     # the decoder as the words that name them (README, "What the output projectors read").
     reads: Literal["signal", "reply"] = "signal"
+    # Per output modality whose decoder takes one pooled sentence vector: how many of its text
+    # encoder's token states the projector writes before pooling them as the decoder does
+    # (`OutputProjector`'s `pool_from`; README, "A pooled sound conditioning"). Absent: it writes the
+    # conditioning itself.
+    pooled_tokens: dict[str, int] = {}
 
 
 class LimitSettings(_Strict):

@@ -211,7 +211,7 @@ class AnyGPTModel(nn.Module):
         self.output_projectors = nn.ModuleDict({
             m: OutputProjector(hidden, d.conditioning[0], d.conditioning[1], d_model=p.d_model, heads=p.heads,
                                encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers,
-                               feedforward=p.feedforward)
+                               feedforward=p.feedforward, pool_from=p.pooled_tokens.get(m, 0))
             for m, d in config.decoders.items() if m in config.signal_tokens
         })
         self.reserved = [MEDIA_TOKEN] + [t for toks in self.signal.tokens.values() for t in toks]

@@ -31,23 +31,38 @@ class OutputProjector(nn.Module):
     the signal tokens (NExT-GPT), or the reply's words up to the run's end with them
     (`ProjectorSettings.reads`). A transformer encoder reads those; its decoder reads `tokens`
     learnable queries, so the output length is the decoder's (77 for SD) whatever it reads.
+
+    `pool_from` > 0 (a decoder conditioned on one pooled sentence vector, `tokens` 1): the queries
+    write `pool_from` token states of the decoder's text encoder, zero at its padding, and the output
+    is their sum L2-normalised, which is how the decoder pools its own (mean over the real tokens,
+    normalised: MiniLM's sentence embedding). Word by word, a request of an attribute pair the fit
+    never saw is composed from states it did see (README, "A pooled sound conditioning").
     """
 
     def __init__(self, llm_dim: int, tokens: int, out_dim: int, *, d_model: int = 512, heads: int = 4,
-                 encoder_layers: int = 4, decoder_layers: int = 4, feedforward: int = 2048):
+                 encoder_layers: int = 4, decoder_layers: int = 4, feedforward: int = 2048, pool_from: int = 0):
         super().__init__()
-        self.tokens, self.out_dim = tokens, out_dim
+        if pool_from and tokens != 1:
+            raise ValueError(f"a pooled projector writes one vector (tokens 1), got tokens {tokens}")
+        self.tokens, self.out_dim, self.pool_from = tokens, out_dim, pool_from
         self.fc = nn.Linear(llm_dim, d_model)
         self.tfm = nn.Transformer(d_model=d_model, nhead=heads, num_encoder_layers=encoder_layers,
                                   num_decoder_layers=decoder_layers, dim_feedforward=feedforward,
                                   dropout=0.0, batch_first=True, norm_first=True)
         self.model = nn.Linear(d_model, out_dim)
-        self.query_embs = nn.Parameter(torch.randn(1, tokens, d_model) * 0.02)
+        self.query_embs = nn.Parameter(torch.randn(1, pool_from or tokens, d_model) * 0.02)
 
     def forward(self, hidden: torch.Tensor, input_embeds: torch.Tensor,
                 padding: torch.Tensor | None = None) -> torch.Tensor:
         """hidden, input_embeds: [B, n, llm_dim] -> [B, tokens, out_dim]. `padding` [B, n]: True where
         a row is padded (rows of different lengths); None when every position is real."""
+        x = self.token_states(hidden, input_embeds, padding)
+        return nn.functional.normalize(x.sum(1, keepdim=True), dim=-1) if self.pool_from else x
+
+    def token_states(self, hidden: torch.Tensor, input_embeds: torch.Tensor,
+                     padding: torch.Tensor | None = None) -> torch.Tensor:
+        """What the queries write, [B, pool_from or tokens, out_dim]: the conditioning itself, or the
+        token states a pooled projector sums (what its fit compares with the text encoder's)."""
         x = self.fc(hidden + input_embeds)
         if padding is not None and not bool(padding.any()):
             padding = None

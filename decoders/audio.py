@@ -51,6 +51,20 @@ class AudioDecoder(Decoder):
         """One embedding per caption: every position is real."""
         return torch.ones(len(texts), 1, dtype=torch.bool)
 
+    @torch.no_grad()
+    def token_states(self, texts: list[str], tokens: int) -> torch.Tensor:
+        """The frozen text encoder's token states of `texts` before pooling, [B, tokens, dim], zero at
+        padding: their sum, L2-normalised, is `encode_text` (captions of up to `tokens` tokens). What a
+        pooled output projector writes (`OutputProjector`'s `pool_from`). CLAP pools through a learnt
+        projection, so a real AudioLDM has no such states."""
+        if hasattr(self.pipeline.text_encoder, "text_projection"):
+            raise DecoderError("this audio decoder's text encoder (CLAP) pools through a projection: "
+                               "a pooled projector needs the tiny decoder's frozen sentence encoder")
+        batch = self.pipeline.tokenizer(list(texts), padding="max_length", max_length=tokens, truncation=True,
+                                        return_tensors="pt").to(self.pipeline._execution_device)
+        states = self.pipeline.text_encoder(**batch).last_hidden_state
+        return states * batch.attention_mask[..., None].to(states.dtype)
+
     def _pipeline_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
         return embeds[:, 0, :]  # AudioLDM takes prompt_embeds as [B, dim]
 

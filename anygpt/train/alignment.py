@@ -247,6 +247,16 @@ def collect_signal_states(app: Any, samples: Sequence[Any], *, batch_size: int =
     return caches
 
 
+def token_targets(decoder: Any, cache: ProjectorCache, tokens: int) -> ProjectorCache:
+    """The cache with its captions' token states as targets (`decoder.token_states`: [U, tokens, dim], zero
+    at padding, every position counted): what a pooled projector's token states are fitted to."""
+    states = torch.cat([decoder.token_states(cache.captions[i:i + 64], tokens).float().cpu()
+                        for i in range(0, len(cache.captions), 64)])
+    return ProjectorCache(hidden=cache.hidden, input_embeds=cache.input_embeds, index=cache.index, targets=states,
+                          masks=torch.ones(states.shape[:2], dtype=torch.bool), captions=cache.captions,
+                          padding=cache.padding)
+
+
 def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int = 2000, batch_size: int = 32,
                     lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 50, seed: int = 0,
                     log_every: int = 100, on_log: Callable[[int, dict[str, float]], None] | None = None,
@@ -257,7 +267,9 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     the contrastive centre is the cache's mean target. Returns the logs averaged over each `log_every`
     steps (with "step"); `on_log(step, logs)` sees them as they come. `dropout` is set on the projector's
     layers for the fit only (`set_dropout`; back to 0 after it, as the projector was built). The
-    projector is left in eval mode."""
+    projector is left in eval mode. A pooled projector (`pool_from`) trains on the token states it sums,
+    so the cache's targets are then the text encoder's token states (`token_targets`)."""
+    forward = projector.token_states if getattr(projector, "pool_from", 0) else projector
     set_dropout(projector, dropout)
     params = [p for p in projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -272,7 +284,7 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     for step in range(steps):
         rows = torch.randperm(len(cache), generator=generator)[:batch_size]
         hidden, embeds, target, mask, groups, padding = (t if t is None else t.to(device) for t in cache.batch(rows))
-        pred = projector(hidden, embeds, padding)
+        pred = forward(hidden, embeds, padding)
         loss, logs = alignment_loss(pred, target, mask, center=center.to(device), groups=groups, **loss_options)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,7 +26,8 @@ from anygpt.data.dialogs import read_dialogs, request_dialog
 from anygpt.data.manifest import read_manifest
 from anygpt.pipeline import AnyGPT
 from anygpt.projectors import OutputProjector
-from anygpt.train.alignment import ProjectorCache, cache_retrieval, collect_signal_states, train_projector
+from anygpt.train.alignment import (ProjectorCache, cache_retrieval, collect_signal_states, token_targets,
+                                    train_projector)
 from anygpt.train.loop import console
 from anygpt.train.stages import stage3_samples
 
@@ -59,7 +60,8 @@ def rebuild_projector(app: AnyGPT, modality: str, seed: int = 0) -> None:
     torch.manual_seed(seed)
     app.model.output_projectors[modality] = OutputProjector(
         app.model.llm.config.hidden_size, shape[0], shape[1], d_model=p.d_model, heads=p.heads,
-        encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers, feedforward=p.feedforward)
+        encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers, feedforward=p.feedforward,
+        pool_from=p.pooled_tokens.get(modality, 0))
 
 
 def split_by_caption(cache: ProjectorCache, heldout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +89,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500, fresh: bool = False,
-                       reads: str | None = None, dropout: float = 0.0) -> dict:
+                       reads: str | None = None, dropout: float = 0.0, pooled_tokens: int = 0) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -103,7 +105,9 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     fitted in a later one. `heldout_fraction`: the share of captions kept out of the fit to measure
     it on (`heldout_before`/`heldout_after` in realign.json); 0 fits on every caption and measures
     nothing (a shipped fit: the held-out requests of `anygpt eval` judge it). `dropout`: of the
-    projector's layers during the fit (`train_projector`)."""
+    projector's layers during the fit (`train_projector`). `pooled_tokens` > 0 rebuilds each fitted
+    projector whose decoder takes one pooled vector as a pooled one writing that many token states
+    (`ProjectorSettings.pooled_tokens`), fitted to the decoder's token states."""
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     out = Path(out)
@@ -113,6 +117,16 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         projector = type(app.config.projector).model_validate(app.config.projector.model_dump() | {"reads": reads})
         app.config = app.model.config = app.config.model_copy(update={"projector": projector})
     rebuilt = [m for m, path in (decoders or {}).items() if use_decoder(app, m, path, seed)]
+    if pooled_tokens:
+        pooled = [m for m in (modalities or app.model.output_projectors) if app.config.decoders[m].conditioning[0] == 1]
+        if not pooled:
+            raise ValueError("--pooled-tokens: no fitted projector feeds a decoder of one pooled vector")
+        projector = app.config.projector.model_copy(
+            update={"pooled_tokens": app.config.projector.pooled_tokens | {m: pooled_tokens for m in pooled}})
+        app.config = app.model.config = app.config.model_copy(update={"projector": projector})
+        for m in pooled:
+            rebuild_projector(app, m, seed)
+        rebuilt += [m for m in pooled if m not in rebuilt]
     samples = [s for s in stage3_samples(app.model, read_dialogs(dialogs)) if s.outputs]
     samples = samples[:limit] if limit else samples
     if manifest is not None:
@@ -140,7 +154,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     report = {"init": str(init), "decoders": decoders or {}, "rebuilt": rebuilt, "steps": steps,
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
               "pad_weight": pad_weight, "dropout": dropout, "heldout_fraction": heldout_fraction,
-              "reads": app.config.projector.reads, "samples": len(samples),
+              "reads": app.config.projector.reads, "pooled_tokens": app.config.projector.pooled_tokens,
+              "samples": len(samples),
               "modalities": {}}
     for m in wanted:
         cache = caches[m]
@@ -149,7 +164,10 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         measured = len(heldout_rows) > 0
         before = cache_retrieval(projector, cache, heldout_rows) if measured else None
         torch.manual_seed(seed)
-        history = train_projector(projector, subset(cache, train_rows), steps=steps, batch_size=batch_size, lr=lr,
+        fitted = subset(cache, train_rows)
+        if projector.pool_from:
+            fitted = token_targets(app.decoder(m), fitted, projector.pool_from)
+        history = train_projector(projector, fitted, steps=steps, batch_size=batch_size, lr=lr,
                                   seed=seed, contrastive_weight=contrastive_weight, pad_weight=pad_weight,
                                   dropout=dropout, log_every=250,
                                   on_log=lambda step, logs, m=m: console.print(

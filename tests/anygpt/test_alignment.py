@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from anygpt.projectors import OutputProjector
 from anygpt.train.alignment import (ProjectorCache, alignment_loss, cache_retrieval, caption_mask,
@@ -182,3 +183,32 @@ def test_projectors_that_read_the_reply_cache_padded_rows_and_mask_the_padding(t
     assert not torch.allclose(unmasked[0], alone[0], atol=1e-3)  # the mask is what keeps the zeros out
     history = train_projector(projector, again, steps=2, batch_size=2, log_every=1)
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+
+
+def test_a_pooled_projector_is_fitted_on_token_states_and_writes_their_normalised_sum():
+    """A decoder of one sentence vector (the tiny audio's MiniLM: mean of the token states, normalised):
+    the pooled projector's fit compares its token states with the encoder's (zero at padding), and its
+    output is their sum L2-normalised, so the fitted token states give the right pooled vectors."""
+    torch.manual_seed(0)
+    n, signal, hidden, tokens, dim = 24, 2, 12, 5, 8
+    with pytest.raises(ValueError, match="one vector"):
+        OutputProjector(hidden, 2, dim, d_model=32, heads=2, encoder_layers=1, decoder_layers=1, pool_from=tokens)
+    projector = OutputProjector(hidden, 1, dim, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
+                                feedforward=64, pool_from=tokens)
+    h, e = torch.randn(3, 4, hidden), torch.randn(3, 4, hidden)
+    out = projector(h, e)
+    assert out.shape == (3, 1, dim) and projector.token_states(h, e).shape == (3, tokens, dim)
+    assert torch.allclose(out[:, 0], F.normalize(projector.token_states(h, e).sum(1), dim=-1))
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3, 1))
+
+    states = torch.randn(6, tokens, dim) * (torch.arange(tokens) < torch.tensor([[2], [3], [4], [5], [3], [2]]))[..., None]
+    index = torch.arange(n) % 6
+    cache = ProjectorCache(hidden=torch.randn(6, signal, hidden)[index], input_embeds=torch.randn(signal, hidden),
+                           index=index, targets=states, masks=torch.ones(6, tokens, dtype=torch.bool),
+                           captions=[f"caption {k}" for k in range(6)])
+    history = train_projector(projector, cache, steps=150, batch_size=12, lr=3e-3, warmup=5, log_every=50)
+    assert history[-1]["mse"] < 0.5 * history[0]["mse"], history
+    pooled = F.normalize(states.sum(1), dim=-1)  # the sentence vectors the decoder would take
+    with torch.no_grad():
+        made = projector(cache.hidden[:6], cache.input_embeds.expand(6, -1, -1))[:, 0]
+    assert torch.equal(torch.cdist(made, pooled).argmin(1), torch.arange(6))

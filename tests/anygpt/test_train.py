@@ -492,6 +492,38 @@ def test_projectors_refit_from_a_fresh_start(tiny_backbone_config, toy_data, tmp
     assert all(torch.equal(expected[k], fitted[k]) for k in expected)  # ... but the seed's (lr 0)
 
 
+def test_projectors_refit_pools_the_sound_conditioning_as_the_decoder_does(tiny_backbone_config, toy_data, tmp_path):
+    """`--pooled-tokens 16`: the audio projector (the tiny decoder takes MiniLM's one sentence vector)
+    is rebuilt to write 16 token states, fitted to the decoder's own (zero at padding, `token_states`,
+    whose normalised sum is `encode_text`); the model saves and loads with it and hands the decoder
+    unit vectors. A decoder of token states is refused."""
+    import torch.nn.functional as F
+
+    from anygpt.pipeline import ChatRequest
+    from anygpt.train.realign import realign_projectors
+
+    AnyGPT.from_config(tiny_backbone_config).save_pretrained(tmp_path / "init")
+    report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run", modalities=("audio",),
+                                steps=3, batch_size=4, heldout_fraction=0.0, pooled_tokens=16)
+    assert report["rebuilt"] == ["audio"] and report["pooled_tokens"] == {"audio": 16}
+    app = AnyGPT.from_pretrained(tmp_path / "run" / "model")
+    projector = app.model.output_projectors["audio"]
+    assert (projector.tokens, projector.out_dim, projector.pool_from) == (1, 384, 16)
+    assert app.model.output_projectors["image"].pool_from == 0
+    (runs,) = app.conditioning_batch([ChatRequest("play a low tone", options={"force": ("audio",), "outputs": ("audio",),
+                                                                             "max_new_tokens": 8})])
+    assert runs[0][0] == "audio" and runs[0][1].shape == (1, 384)
+    assert torch.allclose(runs[0][1].float().norm(), torch.tensor(1.0), atol=1e-4)
+    decoder = app.decoder("audio")
+    captions = ["a long rising sweep", "a short noise burst"]
+    states = decoder.token_states(captions, 16)
+    assert states.shape == (2, 16, 384) and not states[:, -1].any()  # padding is zero
+    assert torch.allclose(F.normalize(states.sum(1), dim=-1), decoder.encode_text(captions)[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="pooled"):
+        realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run2", modalities=("image",),
+                           steps=1, batch_size=4, heldout_fraction=0.0, pooled_tokens=16)
+
+
 def test_projectors_refit_on_every_caption(tiny_backbone_config, toy_data, tmp_path):
     """`--heldout-fraction 0` fits on every cached run and measures nothing on the cache (the shipped fits
     are judged by `anygpt eval`); a share of 1 would leave nothing to fit and is refused up front."""
