@@ -23,7 +23,7 @@ RUNS=$W/runs
 LOGS=${LOGS:-$W/logs}
 mkdir -p "$RUNS" "$LOGS"
 
-MAKE_DATA="anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000"
+MAKE_DATA="anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4"
 # The encoder's novel sounds (kinds the world lacks, at both lengths) keep it from reading a sound's
 # length from its kind (README, "Sounds the world does not have").
 ENC="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder --steps 800 --batch-size 32 --per-modality 1000 --novel-audio 1500 --seed 0"

@@ -12,26 +12,31 @@ PY=${PY:-python3}
 CLI="$PY -m apps.cli"
 DATA=$W/toy-train
 RUNS=$W/runs
-[ -f "$DATA/dialogs.jsonl" ] || $CLI toyworld "$DATA" --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4
-$CLI train stage1 --data "$DATA/manifest.jsonl" --out "$RUNS/stage1" --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3
-$CLI train stage2 --data "$DATA/manifest.jsonl" --init "$RUNS/stage1/model" --out "$RUNS/stage2" --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3
-$CLI train stage3 --data "$DATA/dialogs.jsonl" --init "$RUNS/stage2/model" --out "$RUNS/stage3" --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4
+MAKE_DATA="anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4"
+S1="anygpt train stage1 --data $DATA/manifest.jsonl --out $RUNS/stage1 --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3"
+S2="anygpt train stage2 --data $DATA/manifest.jsonl --init $RUNS/stage1/model --out $RUNS/stage2 --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3"
+S3="anygpt train stage3 --data $DATA/dialogs.jsonl --init $RUNS/stage2/model --out $RUNS/stage3 --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4"
 # The output projectors, refit on cached LLM states against the decoders (cannot collapse; README)
-# (the audio and video projectors are rebuilt for their decoders' 1x384 and 16x384; each modality its own setting)
 # (--reads reply: each projector reads the reply's words up to its run as well as the signal tokens; README)
 # (README: "Each run after its sentence" for the settings and the minutes they took)
-AUD_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 1000 --seed 0 --reads reply --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000"
-IMG_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 300 --seed 0 --reads reply --modalities image --decoder image=anygpt:tiny/image --contrastive-weight 1.0 --steps 5000"
-VID_PROJ="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --per-modality 300 --seed 0 --reads reply --modalities video --decoder video=anygpt:tiny/video --contrastive-weight 1.0 --steps 5000"
-$CLI train projectors --init "$RUNS/stage3/model" --out "$RUNS/projectors-audio" $AUD_PROJ
-$CLI train projectors --init "$RUNS/projectors-audio/model" --out "$RUNS/projectors-image" $IMG_PROJ
-$CLI train projectors --init "$RUNS/projectors-image/model" --out "$RUNS/projectors" $VID_PROJ
-$CLI train export-tiny model --source "$RUNS/projectors/model" --data "$DATA" \
-  --command "anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4" \
-  --command "anygpt train stage1 --data $DATA/manifest.jsonl --out $RUNS/stage1 --steps ${STAGE1_STEPS:-150} --batch-size 8 --lr 1e-3" \
-  --command "anygpt train stage2 --data $DATA/manifest.jsonl --init $RUNS/stage1/model --out $RUNS/stage2 --steps ${STAGE2_STEPS:-200} --batch-size 8 --lr 1e-3" \
-  --command "anygpt train stage3 --data $DATA/dialogs.jsonl --init $RUNS/stage2/model --out $RUNS/stage3 --steps ${STAGE3_STEPS:-300} --batch-size 8 --lr 5e-4" \
-  --command "anygpt train projectors --init $RUNS/stage3/model --out $RUNS/projectors-audio $AUD_PROJ" \
-  --command "anygpt train projectors --init $RUNS/projectors-audio/model --out $RUNS/projectors-image $IMG_PROJ" \
-  --command "anygpt train projectors --init $RUNS/projectors-image/model --out $RUNS/projectors $VID_PROJ"
+COMMON="--dialogs $DATA/dialogs.jsonl --manifest $DATA/manifest.jsonl --seed 0 --reads reply"
+P_AUD="anygpt train projectors --init $RUNS/stage3/model --out $RUNS/projectors-audio $COMMON --per-modality 1000 --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000"
+P_IMG="anygpt train projectors --init $RUNS/projectors-audio/model --out $RUNS/projectors-image $COMMON --per-modality 300 --modalities image --decoder image=anygpt:tiny/image --contrastive-weight 1.0 --steps 5000"
+# (the video projector starts anew and fits with dropout: README, "Dropout in the projector's fit")
+P_VID="anygpt train projectors --init $RUNS/projectors-image/model --out $RUNS/projectors $COMMON --per-modality 300 --modalities video --decoder video=anygpt:tiny/video --contrastive-weight 1.0 --steps 5000 --fresh --heldout-fraction 0 --dropout 0.1"
+# Stage 1 again, on the dialogs' questions about attached media (input projector alone; README,
+# "Reading media after stage 3")
+Q1="anygpt train stage1 --data $DATA/dialogs.jsonl --init $RUNS/projectors/model --out $RUNS/stage1q --steps 400 --batch-size 8 --lr 5e-4"
+# The sound projector rebuilt to write MiniLM token states and pool them as the decoder does (README,
+# "A pooled sound conditioning"); it reads the LLM states the first audio refit cached
+P_POOL="anygpt train projectors --init $RUNS/stage1q/model --out $RUNS/projectors-pooled $COMMON --per-modality 1000 --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000 --heldout-fraction 0 --pooled-tokens 16"
+
+[ -f "$DATA/dialogs.jsonl" ] || ${MAKE_DATA/anygpt /$CLI }
+for cmd in "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1"; do ${cmd/anygpt /$CLI }; done
+mkdir -p "$RUNS/projectors-pooled"
+cp -n "$RUNS/projectors-audio/states-audio.safetensors" "$RUNS/projectors-pooled/"
+${P_POOL/anygpt /$CLI }
+args=()
+for cmd in "$MAKE_DATA" "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1" "$P_POOL"; do args+=(--command "$cmd"); done
+$CLI train export-tiny model --source "$RUNS/projectors-pooled/model" --data "$DATA" "${args[@]}"
 $CLI eval --preset tiny --part llm --json
