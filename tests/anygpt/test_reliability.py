@@ -132,17 +132,22 @@ def test_eight_concurrent_requests_equal_the_same_requests_alone(tiny):
     for t in threads:
         t.join(timeout=600)
     assert not errors and len(together) == 8
+    # The same media up to float rounding: a request run alone starts from the KV cache of the one
+    # before it (README, "Conversations run through the LLM once"), which moves the LLM's states by
+    # about 1e-6 with what ran before, and so may move a pixel by one level; another request's
+    # media would differ everywhere.
     for i, a in enumerate(alone):
         b = together[i]
         assert b.text == a.text and b.trace.signal_runs == a.trace.signal_runs
         assert len(a.artifacts) == len(b.artifacts) == len(force[i])
         for x, y in zip(a.artifacts, b.artifacts):
             if hasattr(x, "image"):
-                assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
+                diff = np.abs(np.asarray(x.image, dtype=int) - np.asarray(y.image, dtype=int))
             elif hasattr(x, "waveform"):
-                assert np.array_equal(x.waveform, y.waveform)
+                diff = np.abs(x.waveform - y.waveform) * 255 / max(1e-6, float(np.abs(x.waveform).max()))
             else:
-                assert np.array_equal(x.frames, y.frames)
+                diff = np.abs(x.frames.astype(int) - y.frames.astype(int))
+            assert diff.max() <= 2 and diff.mean() < 0.01, (prompts[i], diff.max(), diff.mean())
 
 
 def test_content_filter_refuses_prompts_and_withholds_replies(tiny):
