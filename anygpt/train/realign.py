@@ -120,7 +120,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         app.config = app.model.config = app.config.model_copy(update={"projector": projector})
     rebuilt = [m for m, path in (decoders or {}).items() if use_decoder(app, m, path, seed)]
     if pooled_tokens:
-        pooled = [m for m in (modalities or app.model.output_projectors) if app.config.decoders[m].conditioning[0] == 1]
+        candidates = modalities or tuple(app.model.output_projectors)
+        pooled = [m for m in candidates if app.config.decoders[m].conditioning[0] == 1]  # one sentence vector
         if not pooled:
             raise ValueError("--pooled-tokens: no fitted projector feeds a decoder of one pooled vector")
         projector = app.config.projector.model_copy(
