@@ -378,8 +378,6 @@ def train_projectors_cmd(
     pooled_tokens: Annotated[int, typer.Option(help="Rebuild each fitted projector of a one-vector decoder (the tiny "
                                                     "audio) to write this many token states and pool them as the "
                                                     "decoder does; 0: as it is.")] = 0,
-    pooled_contrastive_weight: Annotated[float, typer.Option(help="Weight of the InfoNCE on a pooled projector's "
-                                                                  "pooled vectors (README: off in the recipe).")] = 0.0,
 ) -> None:
     """Refit the output projectors on cached LLM states (masked MSE + InfoNCE: cannot collapse)."""
     from anygpt.train.realign import realign_projectors
@@ -393,8 +391,7 @@ def train_projectors_cmd(
     realign_projectors(init, dialogs, out, decoders=moves, modalities=tuple(m for m in modalities.split(",") if m) or None,
                        steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
                        pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, fresh=fresh,
-                       reads=reads, heldout_fraction=heldout_fraction, dropout=dropout, pooled_tokens=pooled_tokens,
-                       pooled_contrastive_weight=pooled_contrastive_weight)
+                       reads=reads, heldout_fraction=heldout_fraction, dropout=dropout, pooled_tokens=pooled_tokens)
 
 
 @_command(train_app, "export-tiny")

@@ -41,6 +41,7 @@ conversations and `train_projector` then fits a projector for thousands of steps
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -252,16 +253,13 @@ def token_targets(decoder: Any, cache: ProjectorCache, tokens: int) -> Projector
     at padding, every position counted): what a pooled projector's token states are fitted to."""
     states = torch.cat([decoder.token_states(cache.captions[i:i + 64], tokens).float().cpu()
                         for i in range(0, len(cache.captions), 64)])
-    return ProjectorCache(hidden=cache.hidden, input_embeds=cache.input_embeds, index=cache.index, targets=states,
-                          masks=torch.ones(states.shape[:2], dtype=torch.bool), captions=cache.captions,
-                          padding=cache.padding)
+    return dataclasses.replace(cache, targets=states, masks=torch.ones(states.shape[:2], dtype=torch.bool))
 
 
 def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int = 2000, batch_size: int = 32,
                     lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 50, seed: int = 0,
                     log_every: int = 100, on_log: Callable[[int, dict[str, float]], None] | None = None,
-                    dropout: float = 0.0, pooled_contrastive_weight: float = 0.0,
-                    **loss_options: Any) -> list[dict[str, float]]:
+                    dropout: float = 0.0, **loss_options: Any) -> list[dict[str, float]]:
     """Fit an output projector on a ProjectorCache with `alignment_loss` (AdamW, warmup then cosine decay).
 
     `loss_options` go to `alignment_loss` (mse_weight, contrastive_weight, temperature, pad_weight, pool);
@@ -269,12 +267,8 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     steps (with "step"); `on_log(step, logs)` sees them as they come. `dropout` is set on the projector's
     layers for the fit only (`set_dropout`; back to 0 after it, as the projector was built). The
     projector is left in eval mode. A pooled projector (`pool_from`) trains on the token states it sums,
-    so the cache's targets are then the text encoder's token states (`token_targets`), and an InfoNCE
-    on the pooled vectors themselves (`pooled_contrastive_weight`; logged as `pooled_contrastive`) can keep
-    apart the captions the sum brings close, such as a sound's two lengths, at a cost in what the decoder
-    makes of them (README, "A pooled sound conditioning"; off by default)."""
-    pooled = bool(getattr(projector, "pool_from", 0))
-    forward = projector.token_states if pooled else projector
+    so the cache's targets are then the text encoder's token states (`token_targets`)."""
+    forward = projector.token_states if getattr(projector, "pool_from", 0) else projector
     set_dropout(projector, dropout)
     params = [p for p in projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -283,10 +277,6 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
     generator = torch.Generator().manual_seed(seed)
     center = cache.center()
     device = next(projector.parameters()).device
-    if pooled:
-        sentences = F.normalize(cache.targets.sum(1, keepdim=True), dim=-1)  # the decoder's own vectors
-        counts = torch.bincount(cache.index, minlength=len(sentences)).to(sentences)
-        pooled_center = ((sentences * counts[:, None, None]).sum(0) / counts.sum()).to(device)
     projector.train()
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
@@ -295,12 +285,6 @@ def train_projector(projector: nn.Module, cache: ProjectorCache, *, steps: int =
         hidden, embeds, target, mask, groups, padding = (t if t is None else t.to(device) for t in cache.batch(rows))
         pred = forward(hidden, embeds, padding)
         loss, logs = alignment_loss(pred, target, mask, center=center.to(device), groups=groups, **loss_options)
-        if pooled and pooled_contrastive_weight:
-            term, _ = contrastive_loss(F.normalize(pred.sum(1, keepdim=True), dim=-1),
-                                       F.normalize(target.sum(1, keepdim=True), dim=-1), center=pooled_center,
-                                       groups=groups, temperature=loss_options.get("temperature", 0.1))
-            loss = loss + pooled_contrastive_weight * term
-            logs |= {"pooled_contrastive": term.item(), "loss": loss.item()}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

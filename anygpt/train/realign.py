@@ -89,8 +89,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500, fresh: bool = False,
-                       reads: str | None = None, dropout: float = 0.0, pooled_tokens: int = 0,
-                       pooled_contrastive_weight: float = 0.0) -> dict:
+                       reads: str | None = None, dropout: float = 0.0, pooled_tokens: int = 0) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -108,8 +107,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     nothing (a shipped fit: the held-out requests of `anygpt eval` judge it). `dropout`: of the
     projector's layers during the fit (`train_projector`). `pooled_tokens` > 0 rebuilds each fitted
     projector whose decoder takes one pooled vector as a pooled one writing that many token states
-    (`ProjectorSettings.pooled_tokens`), fitted to the decoder's token states, with an InfoNCE on the
-    pooled vectors weighted `pooled_contrastive_weight` (`train_projector`)."""
+    (`ProjectorSettings.pooled_tokens`), fitted to the decoder's token states (`train_projector`)."""
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     out = Path(out)
@@ -158,7 +156,6 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
               "pad_weight": pad_weight, "dropout": dropout, "heldout_fraction": heldout_fraction,
               "reads": app.config.projector.reads, "pooled_tokens": app.config.projector.pooled_tokens,
-              "pooled_contrastive_weight": pooled_contrastive_weight,
               "samples": len(samples),
               "modalities": {}}
     for m in wanted:
@@ -173,8 +170,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
             fitted = token_targets(app.decoder(m), fitted, projector.pool_from)
         history = train_projector(projector, fitted, steps=steps, batch_size=batch_size, lr=lr,
                                   seed=seed, contrastive_weight=contrastive_weight, pad_weight=pad_weight,
-                                  dropout=dropout, pooled_contrastive_weight=pooled_contrastive_weight,
-                                  log_every=250,
+                                  dropout=dropout, log_every=250,
                                   on_log=lambda step, logs, m=m: console.print(
                                       f"{m} projector step {step}/{steps} " +
                                       " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "step")))

@@ -206,10 +206,8 @@ def test_a_pooled_projector_is_fitted_on_token_states_and_writes_their_normalise
     cache = ProjectorCache(hidden=torch.randn(6, signal, hidden)[index], input_embeds=torch.randn(signal, hidden),
                            index=index, targets=states, masks=torch.ones(6, tokens, dtype=torch.bool),
                            captions=[f"caption {k}" for k in range(6)])
-    history = train_projector(projector, cache, steps=150, batch_size=12, lr=3e-3, warmup=5, log_every=50,
-                              pooled_contrastive_weight=1.0)
+    history = train_projector(projector, cache, steps=150, batch_size=12, lr=3e-3, warmup=5, log_every=50)
     assert history[-1]["mse"] < 0.5 * history[0]["mse"], history
-    assert history[-1]["pooled_contrastive"] < history[0]["pooled_contrastive"]  # the InfoNCE on the pooled vectors
     pooled = F.normalize(states.sum(1), dim=-1)  # the sentence vectors the decoder would take
     with torch.no_grad():
         made = projector(cache.hidden[:6], cache.input_embeds.expand(6, -1, -1))[:, 0]
