@@ -354,7 +354,7 @@ def train_tiny_audio_cmd(
                      batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
                      zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight, novel_audio=novel_audio,
-                     novel_kinds=_novel_kinds(novel_kinds))
+                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips)
 
 
 @_command(train_app, "projectors")
@@ -378,6 +378,11 @@ def train_projectors_cmd(
     pooled_tokens: Annotated[int, typer.Option(help="Rebuild each fitted projector of a one-vector decoder (the tiny "
                                                     "audio) to write this many token states and pool them as the "
                                                     "decoder does; 0: as it is.")] = 0,
+    novel_audio: Annotated[int, typer.Option(help="Also fit the sound projector on this many requests for sounds of "
+                                                  "kinds the toy world does not have (--novel-kinds), at both "
+                                                  "lengths.")] = 0,
+    novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated, or recipe (see tiny-encoder --help).")
+                           ] = "chord,bell,organ note",
 ) -> None:
     """Refit the output projectors on cached LLM states (masked MSE + InfoNCE: cannot collapse)."""
     from anygpt.train.realign import realign_projectors
@@ -391,7 +396,8 @@ def train_projectors_cmd(
     realign_projectors(init, dialogs, out, decoders=moves, modalities=tuple(m for m in modalities.split(",") if m) or None,
                        steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
                        pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, fresh=fresh,
-                       reads=reads, heldout_fraction=heldout_fraction, dropout=dropout, pooled_tokens=pooled_tokens)
+                       reads=reads, heldout_fraction=heldout_fraction, dropout=dropout, pooled_tokens=pooled_tokens,
+                       novel_audio=novel_audio, novel_kinds=_novel_kinds(novel_kinds))
 
 
 @_command(train_app, "export-tiny")
@@ -422,13 +428,20 @@ def _stage_command(stage: int):
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).")] = 50,
         gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute the LLM's activations in the "
                                                                    "backward pass (memory for time).")] = False,
+        novel_audio: Annotated[int, typer.Option(help="Stage 1: also this many sounds of kinds the toy world does "
+                                                      "not have (--novel-kinds), at both lengths, described.")] = 0,
+        novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated, or recipe (see tiny-encoder --help).")
+                               ] = "chord,bell,organ note",
+        grey_clips: Annotated[int, typer.Option(help="Stage 1: also this many grey clips, asked which way they "
+                                                     "move.")] = 0,
     ) -> None:
         from anygpt.train.stages import train_stage
 
         cfg = None if init else _config(preset, config)
         train_stage(stage, data, out, config=cfg, init=init, steps=steps, batch_size=batch_size, lr=lr,
                     grad_accum=grad_accum, seed=seed, max_steps=max_steps, save_every=save_every,
-                    gradient_checkpointing=gradient_checkpointing)
+                    gradient_checkpointing=gradient_checkpointing, novel_audio=novel_audio,
+                    novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -190,6 +190,20 @@ def request_dialog(rng: np.random.Generator, example: dict, split: str = "train"
     return {"kind": "make", "turns": turns, "expect": {"outputs": [m], "answer": {}}}
 
 
+def novel_sound_requests(n: int, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> list[dict]:
+    """n `request_dialog`s for sounds of kinds the world does not have, each worded with its kind and
+    its length ("play a long chord"): in the world's training split each kind has one length, so a
+    projector fitted on the world's requests alone writes the length that goes with the kind (README,
+    "Sounds the world does not have, read by the LLM"). Text only: no sound is rendered."""
+    rng = np.random.default_rng([seed, 5])
+    out = []
+    for _ in range(n):
+        labels = tw.sample_novel_audio(rng, kinds=tuple(kinds)).labels()
+        caption = _pick(rng, tw.wordings("audio", labels, "train"))
+        out.append(request_dialog(rng, {"modality": "audio", "attributes": labels, "caption": caption}))
+    return out
+
+
 def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train",
                  mix: dict[str, float] | None = None, two_outputs: float = 0.2) -> Path:
     """Write `dialogs.jsonl` beside a toy-world manifest, attaching that dataset's files. `two_outputs`:

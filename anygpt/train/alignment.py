@@ -182,6 +182,27 @@ class ProjectorCache:
         padding = None if self.padding is None else self.padding[rows]
         return self.hidden[rows], embeds, self.targets[k], self.masks[k], k, padding
 
+    @classmethod
+    def concat(cls, caches: Sequence["ProjectorCache"]) -> "ProjectorCache":
+        """The runs of several caches of one decoder in one cache (a caption in several keeps one target)."""
+        hidden, embeds, captions, targets, masks = [], [], {}, [], []
+        index = []
+        for cache in caches:
+            n = cache.hidden.shape[1]
+            lengths = [n] * len(cache) if cache.padding is None else (~cache.padding).sum(1).tolist()
+            full = cache.input_embeds if cache.input_embeds.dim() == 3 else cache.input_embeds.expand(len(cache), -1, -1)
+            hidden += [h[:k] for h, k in zip(cache.hidden, lengths)]
+            embeds += [e[:k] for e, k in zip(full, lengths)]
+            for k, caption in enumerate(cache.captions):
+                if caption not in captions:
+                    captions[caption] = len(captions)
+                    targets.append(cache.targets[k])
+                    masks.append(cache.masks[k])
+            index += [captions[cache.captions[k]] for k in cache.index.tolist()]
+        h, e, padding = pad_rows(hidden, embeds)
+        return cls(hidden=h, input_embeds=e[0] if bool((e == e[:1]).all()) else e, index=torch.tensor(index),
+                   targets=torch.stack(targets), masks=torch.stack(masks), captions=list(captions), padding=padding)
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from anygpt.config import resolve_path
-from anygpt.data.dialogs import read_dialogs, request_dialog
+from anygpt.data import toyworld as tw
+from anygpt.data.dialogs import novel_sound_requests, read_dialogs, request_dialog
 from anygpt.data.manifest import read_manifest
 from anygpt.pipeline import AnyGPT
 from anygpt.projectors import OutputProjector
@@ -89,7 +90,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        contrastive_weight: float = 0.1, pad_weight: float = 0.0, heldout_fraction: float = 0.1,
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500, fresh: bool = False,
-                       reads: str | None = None, dropout: float = 0.0, pooled_tokens: int = 0) -> dict:
+                       reads: str | None = None, dropout: float = 0.0, pooled_tokens: int = 0,
+                       novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -107,7 +109,10 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     nothing (a shipped fit: the held-out requests of `anygpt eval` judge it). `dropout`: of the
     projector's layers during the fit (`train_projector`). `pooled_tokens` > 0 rebuilds each fitted
     projector whose decoder takes one pooled vector as a pooled one writing that many token states
-    (`ProjectorSettings.pooled_tokens`), fitted to the decoder's token states (`train_projector`)."""
+    (`ProjectorSettings.pooled_tokens`), fitted to the decoder's token states (`train_projector`).
+    `novel_audio`: that many requests for sounds of `novel_kinds`, at both lengths, join the sound
+    projector's fit (`novel_sound_requests`; their states cached apart, in
+    out/states-audio-novel-N.safetensors)."""
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     out = Path(out)
@@ -147,6 +152,16 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         for m, cache in collected.items():
             cache.save(out / f"states-{m}.safetensors")
         caches |= collected
+    if novel_audio and "audio" in wanted:
+        path = out / f"states-audio-novel-{novel_audio}.safetensors"
+        if path.is_file():
+            extra = ProjectorCache.load(path)
+        else:
+            novel = stage3_samples(app.model, novel_sound_requests(novel_audio, seed, novel_kinds))
+            console.print(f"collecting signal states of {len(novel)} requests for novel sounds")
+            extra = collect_signal_states(app, novel, batch_size=16, modalities=["audio"])["audio"]
+            extra.save(path)
+        caches["audio"] = ProjectorCache.concat([caches["audio"], extra])
     if fresh:
         for m in wanted:
             if m not in rebuilt:
@@ -156,7 +171,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
               "batch_size": batch_size, "lr": lr, "contrastive_weight": contrastive_weight,
               "pad_weight": pad_weight, "dropout": dropout, "heldout_fraction": heldout_fraction,
               "reads": app.config.projector.reads, "pooled_tokens": app.config.projector.pooled_tokens,
-              "samples": len(samples),
+              "samples": len(samples), "novel_audio": novel_audio,
               "modalities": {}}
     for m in wanted:
         cache = caches[m]

@@ -3,7 +3,11 @@
 1. encoder-side alignment: X -> caption. Trains the input projector (LM loss on the caption). Given
    dialogs instead of a manifest, it trains the input projector alone on the dialogs that attach
    media (questions about them): after stage 3, this teaches the model to read media without touching
-   what it writes for text-only requests (README, "Reading media after stage 3").
+   what it writes for text-only requests (README, "Reading media after stage 3"). `novel_audio`
+   adds sounds of kinds the world lacks, at both lengths, described with their length: in the
+   world's training split each kind has one length, so otherwise a reply's length follows the kind
+   (README, "Sounds the world does not have, read by the LLM"). `grey_clips` adds grey clips asked
+   which way they move, so that a direction is read apart from the colour it came with in training.
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
    projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
    decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
@@ -30,7 +34,8 @@ import numpy as np
 import torch
 
 from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
-from anygpt.data.dialogs import MAKE, is_dialogs, read_dialogs
+from anygpt.data import toyworld as tw
+from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, read_dialogs
 from anygpt.data.manifest import read_manifest
 from anygpt.model import AnyGPTModel, AnyGPTOutput, Turn
 from anygpt.pipeline import AnyGPT
@@ -57,6 +62,50 @@ def stage1_samples(examples: list[dict], rng: np.random.Generator) -> list[Sampl
     return [Sample([Turn("user", DESCRIBE[e["modality"]][rng.integers(len(DESCRIBE[e["modality"]]))],
                          [(e["modality"], e["path"])]),
                     Turn("assistant", e["caption"])]) for e in examples]
+
+
+def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> list[Sample]:
+    """n "describe this sound" questions about sounds of kinds the world does not have, answered with
+    their kind and length ("A long chord."), as the dialogs' describe answers are. The sounds are
+    written once to `folder` (WAV) and reused when it is there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 3])
+    questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "all"] + DESCRIBE["audio"]
+    out = []
+    for i, item in enumerate(tw.novel_sounds(n, seed, kinds)):
+        path = folder / f"{i:05d}.wav"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.wav")
+            tw.save_audio(tmp, item["array"])
+            tmp.replace(path)
+        labels = item["attributes"]
+        answer = f"A {labels['length']} {labels['kind']}."
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", str(path))]),
+                           Turn("assistant", answer)]))
+    return out
+
+
+def grey_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
+    """n "which way is it moving?" questions about grey clips of the training split (the mean of the
+    colour channels, as the tiny encoder's grey views), answered with the direction. Every colour of
+    the world's training split lacks one direction; grey, every direction goes with no colour. The
+    clips are written once to `folder` (MP4) and reused when it is there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 4])
+    questions = [q for q, attribute in ASK["video"]["train"] if attribute == "direction"]
+    out = []
+    for i in range(n):
+        spec = tw.sample("video", rng)
+        path = folder / f"{i:05d}.mp4"
+        if not path.exists():
+            frames = tw.render(spec).astype(np.float32).mean(-1, keepdims=True).repeat(3, -1)
+            tmp = path.with_suffix(".tmp.mp4")
+            tw.save_video(tmp, frames.round().astype(np.uint8))
+            tmp.replace(path)
+        answer = ANSWER["direction"][rng.integers(len(ANSWER["direction"]))].format(direction=spec.direction)
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("video", str(path))]),
+                           Turn("assistant", answer)]))
+    return out
 
 
 def stage2_samples(model: AnyGPTModel, examples: list[dict], rng: np.random.Generator) -> list[Sample]:
@@ -206,14 +255,20 @@ def _freeze_except(model: AnyGPTModel, stage: int) -> None:
 def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPTConfig | None = None,
                 init: str | Path | None = None, steps: int = 300, batch_size: int = 8, lr: float = 1e-3,
                 grad_accum: int = 1, mse_weight: float = 1.0, seed: int = 0, max_steps: int | None = None,
-                limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False) -> dict:
+                limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False,
+                novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
     its share of every batch (the same examples per step as one process). `gradient_checkpointing`
-    recomputes the LLM's activations in the backward pass (memory for time, for large backbones)."""
+    recomputes the LLM's activations in the backward pass (memory for time, for large backbones).
+    `novel_audio` (stage 1): that many sounds of `novel_kinds`, at both lengths, join the samples
+    (`novel_sound_samples`, written under out/novel-audio); `grey_clips` grey clips asked their
+    direction (`grey_clip_samples`, under out/grey-clips)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+    if (novel_audio or grey_clips) and stage != 1:
+        raise ValueError("novel_audio sounds and grey_clips are for stage 1 (the input side)")
     out = Path(out)
     if init is not None:
         app = AnyGPT.from_pretrained(init)
@@ -237,6 +292,10 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples = stage1_samples(examples, rng) if stage == 1 else stage2_samples(model, examples, rng)
     if limit:
         samples = samples[:limit]
+    if novel_audio:
+        samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds)
+    if grey_clips:
+        samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     if not samples:
         raise ValueError(f"{data}: nothing to train stage {stage} on")
     console.print(f"stage {stage}: {len(samples)} samples")

@@ -212,3 +212,23 @@ def test_a_pooled_projector_is_fitted_on_token_states_and_writes_their_normalise
     with torch.no_grad():
         made = projector(cache.hidden[:6], cache.input_embeds.expand(6, -1, -1))[:, 0]
     assert torch.equal(torch.cdist(made, pooled).argmin(1), torch.arange(6))
+
+
+def test_caches_concatenate_with_their_padding_and_one_target_per_caption():
+    """Two caches of one decoder (the reply's length differs: 3 and 5 read tokens) merge row for row;
+    a caption in both keeps one target, so the contrastive term does not take it for a negative."""
+    def cache(n, captions, lengths=None):
+        rows = len(lengths or [n] * 2)
+        return ProjectorCache(hidden=torch.randn(rows, n, 4), input_embeds=torch.randn(rows, n, 4),
+                              index=torch.arange(rows) % len(captions), targets=torch.randn(len(captions), 2, 3),
+                              masks=torch.ones(len(captions), 2, dtype=torch.bool), captions=captions,
+                              padding=None if lengths is None else torch.arange(n)[None] >= torch.tensor(lengths)[:, None])
+
+    a, b = cache(3, ["x", "y"]), cache(5, ["y", "z", "w"], lengths=[5, 2, 4])
+    both = ProjectorCache.concat([a, b])
+    assert both.captions == ["x", "y", "z", "w"] and both.index.tolist() == [0, 1, 1, 2, 3]
+    assert torch.equal(both.targets[1], a.targets[1]) and torch.equal(both.targets[3], b.targets[2])
+    assert both.hidden.shape == (5, 5, 4)
+    assert (~both.padding).sum(1).tolist() == [3, 3, 5, 2, 4]
+    assert torch.equal(both.hidden[1, :3], a.hidden[1]) and torch.equal(both.input_embeds[3, :2], b.input_embeds[1, :2])
+    assert not both.hidden[3, 2:].any()

@@ -496,16 +496,22 @@ def test_projectors_refit_pools_the_sound_conditioning_as_the_decoder_does(tiny_
     """`--pooled-tokens 16`: the audio projector (the tiny decoder takes MiniLM's one sentence vector)
     is rebuilt to write 16 token states, fitted to the decoder's own (zero at padding, `token_states`,
     whose normalised sum is `encode_text`); the model saves and loads with it and hands the decoder
-    unit vectors. A decoder of token states is refused."""
+    unit vectors. A decoder of token states is refused. `novel_audio` requests join the fit, their
+    states cached apart."""
     import torch.nn.functional as F
 
     from anygpt.pipeline import ChatRequest
+    from anygpt.train.alignment import ProjectorCache
     from anygpt.train.realign import realign_projectors
 
     AnyGPT.from_config(tiny_backbone_config).save_pretrained(tmp_path / "init")
     report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run", modalities=("audio",),
-                                steps=3, batch_size=4, heldout_fraction=0.0, pooled_tokens=16)
+                                steps=3, batch_size=4, heldout_fraction=0.0, pooled_tokens=16, novel_audio=5)
     assert report["rebuilt"] == ["audio"] and report["pooled_tokens"] == {"audio": 16}
+    world = ProjectorCache.load(tmp_path / "run" / "states-audio.safetensors")
+    novel = ProjectorCache.load(tmp_path / "run" / "states-audio-novel-5.safetensors")
+    assert len(novel) == 5 and report["modalities"]["audio"]["runs"] == len(world) + 5
+    assert any(" long " in f" {c} " for c in novel.captions) or any(" short " in f" {c} " for c in novel.captions)
     app = AnyGPT.from_pretrained(tmp_path / "run" / "model")
     projector = app.model.output_projectors["audio"]
     assert (projector.tokens, projector.out_dim, projector.pool_from) == (1, 384, 16)
@@ -582,3 +588,49 @@ def test_stage1_on_dialogs_trains_the_input_projector_alone_on_questions_about_m
     lora = "lora/adapter_model.safetensors"
     assert all(torch.equal(v, load_file(tmp_path / "s1" / "model" / lora)[k])
                for k, v in load_file(tmp_path / "s3" / "model" / lora).items())
+
+
+def test_stage1_extra_samples_read_length_and_direction_apart_from_kind_and_colour(tmp_path):
+    """Novel sounds come at both lengths and say it; grey clips have no colour and say their direction.
+    The files open as the media they claim, and a second call reuses them."""
+    from anygpt.data import toyworld as tw
+    from anygpt.eval import probes
+    from anygpt.train.stages import grey_clip_samples, novel_sound_samples
+
+    sounds = novel_sound_samples(24, tmp_path / "sounds", seed=0)
+    answers = [s.turns[1].text for s in sounds]
+    assert {a.split()[1] for a in answers} == {"short", "long"}
+    assert {a.split(" ", 2)[2].rstrip(".") for a in answers} <= set(tw.NOVEL_SOUNDS)
+    for s in sounds[:4]:
+        (modality, path), = s.turns[0].media
+        wave, rate = tw.load_audio(path)
+        length = s.turns[1].text.split()[1]
+        assert modality == "audio" and tw.LENGTHS[length][0] - 0.05 <= len(wave) / rate <= tw.LENGTHS[length][1] + 0.05
+    clips = grey_clip_samples(12, tmp_path / "clips", seed=0)
+    for c in clips[:4]:
+        (modality, path), = c.turns[0].media
+        frames = tw.load_video(path).astype(int)
+        assert modality == "video" and frames.shape[0] == 8
+        assert np.abs(frames - frames.mean(-1, keepdims=True)).max() <= 12  # grey, up to H.264's chroma
+        assert probes.probe_video(frames)["direction"] in c.turns[1].text
+    assert {c.turns[1].text.split()[-1].rstrip(".") for c in clips} <= set(tw.DIRECTIONS)
+    stamp = (tmp_path / "clips" / "00000.mp4").stat().st_mtime_ns
+    grey_clip_samples(12, tmp_path / "clips", seed=0)
+    assert (tmp_path / "clips" / "00000.mp4").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="stage 1"):
+        train_stage(2, tmp_path / "none.jsonl", tmp_path / "run", init=tmp_path, grey_clips=2)
+
+
+def test_requests_for_novel_sounds_name_kind_and_length_in_request_reply_and_target():
+    from anygpt.data.dialogs import novel_sound_requests
+
+    dialogs = novel_sound_requests(40, seed=0)
+    lengths = set()
+    for d in dialogs:
+        (output,) = d["turns"][1]["outputs"]
+        kind = next(k for k in toyworld.NOVEL_SOUNDS if k in output["caption"])
+        length = next(k for k, words in toyworld.PHRASES["length"].items() if any(w in output["caption"] for w in words))
+        assert output["modality"] == "audio" and output["caption"] in d["turns"][0]["text"]
+        assert f"{length} {kind}" in d["turns"][1]["text"]
+        lengths.add(length)
+    assert lengths == {"short", "long"}
