@@ -354,7 +354,8 @@ def train_tiny_audio_cmd(
                      batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
                      zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight, novel_audio=novel_audio,
-                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips)
+                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
+                    cut_sounds=cut_sounds)
 
 
 @_command(train_app, "projectors")
@@ -383,6 +384,8 @@ def train_projectors_cmd(
                                                   "lengths.")] = 0,
     novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated, or recipe (see tiny-encoder --help).")
                            ] = "chord,bell,organ note",
+    echo_audio: Annotated[int, typer.Option(help="Also fit the sound projector on this many requests whose reply "
+                                                 "repeats the request's words for the kind.")] = 0,
 ) -> None:
     """Refit the output projectors on cached LLM states (masked MSE + InfoNCE: cannot collapse)."""
     from anygpt.train.realign import realign_projectors
@@ -397,7 +400,7 @@ def train_projectors_cmd(
                        steps=steps, batch_size=batch_size, lr=lr, seed=seed, contrastive_weight=contrastive_weight,
                        pad_weight=pad_weight, limit=limit, manifest=manifest, per_modality=per_modality, fresh=fresh,
                        reads=reads, heldout_fraction=heldout_fraction, dropout=dropout, pooled_tokens=pooled_tokens,
-                       novel_audio=novel_audio, novel_kinds=_novel_kinds(novel_kinds))
+                       novel_audio=novel_audio, novel_kinds=_novel_kinds(novel_kinds), echo_audio=echo_audio)
 
 
 @_command(train_app, "export-tiny")
@@ -434,6 +437,8 @@ def _stage_command(stage: int):
                                ] = "chord,bell,organ note",
         grey_clips: Annotated[int, typer.Option(help="Stage 1: also this many grey clips, asked which way they "
                                                      "move.")] = 0,
+        cut_sounds: Annotated[int, typer.Option(help="Stage 1: also this many world sounds cut shorter than either "
+                                                     "length, asked their kind.")] = 0,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -441,7 +446,8 @@ def _stage_command(stage: int):
         train_stage(stage, data, out, config=cfg, init=init, steps=steps, batch_size=batch_size, lr=lr,
                     grad_accum=grad_accum, seed=seed, max_steps=max_steps, save_every=save_every,
                     gradient_checkpointing=gradient_checkpointing, novel_audio=novel_audio,
-                    novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips)
+                    novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
+                    cut_sounds=cut_sounds)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

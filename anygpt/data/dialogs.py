@@ -21,6 +21,7 @@ One dialog a line of `dialogs.jsonl`, next to the toy dataset whose files it att
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,25 @@ def novel_sound_requests(n: int, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SO
         labels = tw.sample_novel_audio(rng, kinds=tuple(kinds)).labels()
         caption = _pick(rng, tw.wordings("audio", labels, "train"))
         out.append(request_dialog(rng, {"modality": "audio", "attributes": labels, "caption": caption}))
+    return out
+
+
+def echo_sound_requests(n: int, seed: int) -> list[dict]:
+    """n `request_dialog`s for sounds of the training split whose reply repeats the request's phrase
+    for the kind ("please play a long pitch rising from low to high" -> "Here is a long pitch rising
+    from low to high."), as the LLM replies to wordings it did not learn; the training dialogs reply
+    "a long rising sweep" whatever the wording. For the sound projector's fit: without them it has
+    never read such a reply (README, "Replies that repeat the request")."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for _ in range(n):
+        labels = tw.sample("audio", rng).labels()
+        phrase = _pick(rng, tw.PHRASES["kind"][labels["kind"]])
+        desc = re.sub(r"^a (?=[aeiou])", "an ", f"a {labels['length']} {phrase}")
+        reply = _pick(rng, REPLY["audio"]).format(desc=desc)
+        turns = [{"role": "user", "text": _pick(rng, MAKE["audio"]["train"]).format(desc=desc), "media": []},
+                 {"role": "assistant", "text": reply, "outputs": [{"modality": "audio", "caption": desc, "at": len(reply)}]}]
+        out.append({"kind": "make", "turns": turns, "expect": {"outputs": ["audio"], "answer": {}}})
     return out
 
 

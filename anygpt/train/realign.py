@@ -23,7 +23,7 @@ import torch
 
 from anygpt.config import resolve_path
 from anygpt.data import toyworld as tw
-from anygpt.data.dialogs import novel_sound_requests, read_dialogs, request_dialog
+from anygpt.data.dialogs import echo_sound_requests, novel_sound_requests, read_dialogs, request_dialog
 from anygpt.data.manifest import read_manifest
 from anygpt.pipeline import AnyGPT
 from anygpt.projectors import OutputProjector
@@ -91,7 +91,8 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
                        limit: int | None = None, manifest: str | Path | None = None,
                        per_modality: int = 500, fresh: bool = False,
                        reads: str | None = None, dropout: float = 0.0, pooled_tokens: int = 0,
-                       novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> dict:
+                       novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS,
+                       echo_audio: int = 0) -> dict:
     """Fit the output projectors of the model in `init` on its cached signal states; writes out/model.
 
     `decoders`: modality -> decoder folder to move to (e.g. {"image": "anygpt:tiny/image"}).
@@ -111,8 +112,9 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
     projector whose decoder takes one pooled vector as a pooled one writing that many token states
     (`ProjectorSettings.pooled_tokens`), fitted to the decoder's token states (`train_projector`).
     `novel_audio`: that many requests for sounds of `novel_kinds`, at both lengths, join the sound
-    projector's fit (`novel_sound_requests`; their states cached apart, in
-    out/states-audio-novel-N.safetensors)."""
+    projector's fit (`novel_sound_requests`), and `echo_audio` requests whose reply repeats the
+    request's phrase for the kind (`echo_sound_requests`); their states are cached apart, in
+    out/states-audio-extra-N-M.safetensors."""
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     out = Path(out)
@@ -152,14 +154,15 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
         for m, cache in collected.items():
             cache.save(out / f"states-{m}.safetensors")
         caches |= collected
-    if novel_audio and "audio" in wanted:
-        path = out / f"states-audio-novel-{novel_audio}.safetensors"
+    if (novel_audio or echo_audio) and "audio" in wanted:
+        path = out / f"states-audio-extra-{novel_audio}-{echo_audio}.safetensors"
         if path.is_file():
             extra = ProjectorCache.load(path)
         else:
-            novel = stage3_samples(app.model, novel_sound_requests(novel_audio, seed, novel_kinds))
-            console.print(f"collecting signal states of {len(novel)} requests for novel sounds")
-            extra = collect_signal_states(app, novel, batch_size=16, modalities=["audio"])["audio"]
+            requests = novel_sound_requests(novel_audio, seed, novel_kinds) + echo_sound_requests(echo_audio, seed)
+            console.print(f"collecting signal states of {len(requests)} more sound requests")
+            extra = collect_signal_states(app, stage3_samples(app.model, requests), batch_size=16,
+                                          modalities=["audio"])["audio"]
             extra.save(path)
         caches["audio"] = ProjectorCache.concat([caches["audio"], extra])
     if fresh:
@@ -172,6 +175,7 @@ def realign_projectors(init: str | Path, dialogs: str | Path, out: str | Path, *
               "pad_weight": pad_weight, "dropout": dropout, "heldout_fraction": heldout_fraction,
               "reads": app.config.projector.reads, "pooled_tokens": app.config.projector.pooled_tokens,
               "samples": len(samples), "novel_audio": novel_audio,
+              "echo_audio": echo_audio,
               "modalities": {}}
     for m in wanted:
         cache = caches[m]

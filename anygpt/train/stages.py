@@ -7,7 +7,9 @@
    adds sounds of kinds the world lacks, at both lengths, described with their length: in the
    world's training split each kind has one length, so otherwise a reply's length follows the kind
    (README, "Sounds the world does not have, read by the LLM"). `grey_clips` adds grey clips asked
-   which way they move, so that a direction is read apart from the colour it came with in training.
+   which way they move, so that a direction is read apart from the colour it came with in training;
+   `cut_sounds` world sounds of the training split cut shorter than either length, asked their kind,
+   so that a kind is read apart from the length it came with.
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
    projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
    decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
@@ -26,6 +28,7 @@ signal tokens). The loop (`anygpt.train.loop`) runs on one process or several (t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +107,33 @@ def grey_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
             tmp.replace(path)
         answer = ANSWER["direction"][rng.integers(len(ANSWER["direction"]))].format(direction=spec.direction)
         out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("video", str(path))]),
+                           Turn("assistant", answer)]))
+    return out
+
+
+# Cut sounds last this long (seconds): below both length classes (toyworld.LENGTHS), so no cut sound is
+# a held-out kind-length pair, as the tiny encoder's cut copies (anygpt/train/tiny_encoder.py).
+CUT_SECONDS = (0.4, 0.95)
+
+
+def cut_sound_samples(n: int, folder: Path, seed: int) -> list[Sample]:
+    """n "what kind of sound is this?" questions about world sounds of the training split rendered
+    0.4-0.95 s long (`CUT_SECONDS`), answered with their kind alone. The sounds are written once to
+    `folder` (WAV) and reused when it is there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 6])
+    questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "kind"]
+    out = []
+    for i in range(n):
+        spec = tw.sample("audio", rng)
+        spec = dataclasses.replace(spec, duration=round(float(rng.uniform(*CUT_SECONDS)), 3))
+        path = folder / f"{i:05d}.wav"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.wav")
+            tw.save_audio(tmp, tw.render(spec))
+            tmp.replace(path)
+        answer = ANSWER["kind"][rng.integers(len(ANSWER["kind"]))].format(kind=spec.kind)
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", str(path))]),
                            Turn("assistant", answer)]))
     return out
 
@@ -256,7 +286,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 init: str | Path | None = None, steps: int = 300, batch_size: int = 8, lr: float = 1e-3,
                 grad_accum: int = 1, mse_weight: float = 1.0, seed: int = 0, max_steps: int | None = None,
                 limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False,
-                novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0) -> dict:
+                novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
+                cut_sounds: int = 0) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -264,11 +295,12 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     recomputes the LLM's activations in the backward pass (memory for time, for large backbones).
     `novel_audio` (stage 1): that many sounds of `novel_kinds`, at both lengths, join the samples
     (`novel_sound_samples`, written under out/novel-audio); `grey_clips` grey clips asked their
-    direction (`grey_clip_samples`, under out/grey-clips)."""
+    direction (`grey_clip_samples`, under out/grey-clips); `cut_sounds` world sounds cut short asked
+    their kind (`cut_sound_samples`, under out/cut-sounds)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
-    if (novel_audio or grey_clips) and stage != 1:
-        raise ValueError("novel_audio sounds and grey_clips are for stage 1 (the input side)")
+    if (novel_audio or grey_clips or cut_sounds) and stage != 1:
+        raise ValueError("novel_audio, grey_clips and cut_sounds are for stage 1 (the input side)")
     out = Path(out)
     if init is not None:
         app = AnyGPT.from_pretrained(init)
@@ -296,6 +328,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds)
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
+    if cut_sounds:
+        samples += cut_sound_samples(cut_sounds, out / "cut-sounds", seed)
     if not samples:
         raise ValueError(f"{data}: nothing to train stage {stage} on")
     console.print(f"stage {stage}: {len(samples)} samples")

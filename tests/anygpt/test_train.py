@@ -496,8 +496,8 @@ def test_projectors_refit_pools_the_sound_conditioning_as_the_decoder_does(tiny_
     """`--pooled-tokens 16`: the audio projector (the tiny decoder takes MiniLM's one sentence vector)
     is rebuilt to write 16 token states, fitted to the decoder's own (zero at padding, `token_states`,
     whose normalised sum is `encode_text`); the model saves and loads with it and hands the decoder
-    unit vectors. A decoder of token states is refused. `novel_audio` requests join the fit, their
-    states cached apart."""
+    unit vectors. A decoder of token states is refused. `novel_audio` and `echo_audio` requests join
+    the fit, their states cached apart."""
     import torch.nn.functional as F
 
     from anygpt.pipeline import ChatRequest
@@ -506,12 +506,12 @@ def test_projectors_refit_pools_the_sound_conditioning_as_the_decoder_does(tiny_
 
     AnyGPT.from_config(tiny_backbone_config).save_pretrained(tmp_path / "init")
     report = realign_projectors(tmp_path / "init", toy_data / "dialogs.jsonl", tmp_path / "run", modalities=("audio",),
-                                steps=3, batch_size=4, heldout_fraction=0.0, pooled_tokens=16, novel_audio=5)
+                                steps=3, batch_size=4, heldout_fraction=0.0, pooled_tokens=16, novel_audio=5,
+                                echo_audio=3)
     assert report["rebuilt"] == ["audio"] and report["pooled_tokens"] == {"audio": 16}
     world = ProjectorCache.load(tmp_path / "run" / "states-audio.safetensors")
-    novel = ProjectorCache.load(tmp_path / "run" / "states-audio-novel-5.safetensors")
-    assert len(novel) == 5 and report["modalities"]["audio"]["runs"] == len(world) + 5
-    assert any(" long " in f" {c} " for c in novel.captions) or any(" short " in f" {c} " for c in novel.captions)
+    extra = ProjectorCache.load(tmp_path / "run" / "states-audio-extra-5-3.safetensors")
+    assert len(extra) == 8 and report["modalities"]["audio"]["runs"] == len(world) + 8
     app = AnyGPT.from_pretrained(tmp_path / "run" / "model")
     projector = app.model.output_projectors["audio"]
     assert (projector.tokens, projector.out_dim, projector.pool_from) == (1, 384, 16)
@@ -634,3 +634,19 @@ def test_requests_for_novel_sounds_name_kind_and_length_in_request_reply_and_tar
         assert f"{length} {kind}" in d["turns"][1]["text"]
         lengths.add(length)
     assert lengths == {"short", "long"}
+
+
+def test_echo_requests_reply_with_the_request_words_for_a_training_pair():
+    from anygpt.data.dialogs import echo_sound_requests
+
+    dialogs = echo_sound_requests(60, seed=0)
+    phrases = set()
+    for d in dialogs:
+        (output,) = d["turns"][1]["outputs"]
+        caption = output["caption"]
+        kind = next(k for k, words in toyworld.PHRASES["kind"].items() if any(caption.endswith(w) for w in words))
+        length = caption.split()[1]
+        assert (kind, length) not in toyworld.HELDOUT["audio"]
+        assert caption in d["turns"][0]["text"] and caption in d["turns"][1]["text"]
+        phrases.add(caption.split(" ", 2)[2])
+    assert len(phrases) > 16  # more than one phrase per kind
