@@ -195,7 +195,7 @@ def novel_sound_requests(n: int, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SO
     """n `request_dialog`s for sounds of kinds the world does not have, each worded with its kind and
     its length ("play a long chord"): in the world's training split each kind has one length, so a
     projector fitted on the world's requests alone writes the length that goes with the kind (README,
-    "Sounds the world does not have, read by the LLM"). Text only: no sound is rendered."""
+    "Replies that repeat the request"). Text only: no sound is rendered."""
     rng = np.random.default_rng([seed, 5])
     out = []
     for _ in range(n):
