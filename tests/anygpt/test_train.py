@@ -650,3 +650,19 @@ def test_echo_requests_reply_with_the_request_words_for_a_training_pair():
         assert caption in d["turns"][0]["text"] and caption in d["turns"][1]["text"]
         phrases.add(caption.split(" ", 2)[2])
     assert len(phrases) > 16  # more than one phrase per kind
+
+
+def test_cut_sounds_are_shorter_than_either_length_and_answered_with_their_kind(tmp_path):
+    """No cut sound may be a held-out kind-length pair: each lasts less than the short class's least."""
+    from anygpt.eval import probes
+    from anygpt.train.stages import CUT_SECONDS, cut_sound_samples
+
+    samples = cut_sound_samples(8, tmp_path / "cut", seed=0)
+    assert CUT_SECONDS[1] < toyworld.LENGTHS["short"][0]
+    for s in samples:
+        (modality, path), = s.turns[0].media
+        wave, rate = toyworld.load_audio(path)
+        assert modality == "audio" and CUT_SECONDS[0] - 0.01 <= len(wave) / rate <= CUT_SECONDS[1] + 0.01
+        assert not {"short", "long", "brief", "lengthy"} & set(s.turns[1].text.rstrip(".").split())
+        assert probes.probe_audio(wave, rate)["length"] != "long"
+    assert len({next(k for k in toyworld.AUDIO_KINDS if k in s.turns[1].text) for s in samples}) > 2
