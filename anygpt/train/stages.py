@@ -67,6 +67,16 @@ def stage1_samples(examples: list[dict], rng: np.random.Generator) -> list[Sampl
                     Turn("assistant", e["caption"])]) for e in examples]
 
 
+def _write_once(path: Path, write: Callable[[Path], None]) -> str:
+    """`path`, written by `write` unless it is there already (through a temporary name, so that a run
+    killed mid-write leaves no half file to be reused)."""
+    if not path.exists():
+        tmp = path.with_name(f"tmp-{path.name}")
+        write(tmp)
+        tmp.replace(path)
+    return str(path)
+
+
 def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> list[Sample]:
     """n "describe this sound" questions about sounds of kinds the world does not have, answered with
     their kind and length ("A long chord."), as the dialogs' describe answers are. The sounds are
@@ -76,14 +86,10 @@ def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] 
     questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "all"] + DESCRIBE["audio"]
     out = []
     for i, item in enumerate(tw.novel_sounds(n, seed, kinds)):
-        path = folder / f"{i:05d}.wav"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp.wav")
-            tw.save_audio(tmp, item["array"])
-            tmp.replace(path)
+        path = _write_once(folder / f"{i:05d}.wav", lambda tmp: tw.save_audio(tmp, item["array"]))
         labels = item["attributes"]
         answer = f"A {labels['length']} {labels['kind']}."
-        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", str(path))]),
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
                            Turn("assistant", answer)]))
     return out
 
@@ -99,14 +105,10 @@ def grey_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
     out = []
     for i in range(n):
         spec = tw.sample("video", rng)
-        path = folder / f"{i:05d}.mp4"
-        if not path.exists():
-            frames = tw.render(spec).astype(np.float32).mean(-1, keepdims=True).repeat(3, -1)
-            tmp = path.with_suffix(".tmp.mp4")
-            tw.save_video(tmp, frames.round().astype(np.uint8))
-            tmp.replace(path)
+        grey = tw.render(spec).astype(np.float32).mean(-1, keepdims=True).repeat(3, -1).round().astype(np.uint8)
+        path = _write_once(folder / f"{i:05d}.mp4", lambda tmp: tw.save_video(tmp, grey))
         answer = ANSWER["direction"][rng.integers(len(ANSWER["direction"]))].format(direction=spec.direction)
-        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("video", str(path))]),
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("video", path)]),
                            Turn("assistant", answer)]))
     return out
 
@@ -127,13 +129,9 @@ def cut_sound_samples(n: int, folder: Path, seed: int) -> list[Sample]:
     for i in range(n):
         spec = tw.sample("audio", rng)
         spec = dataclasses.replace(spec, duration=round(float(rng.uniform(*CUT_SECONDS)), 3))
-        path = folder / f"{i:05d}.wav"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp.wav")
-            tw.save_audio(tmp, tw.render(spec))
-            tmp.replace(path)
+        path = _write_once(folder / f"{i:05d}.wav", lambda tmp: tw.save_audio(tmp, tw.render(spec)))
         answer = ANSWER["kind"][rng.integers(len(ANSWER["kind"]))].format(kind=spec.kind)
-        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", str(path))]),
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
                            Turn("assistant", answer)]))
     return out
 
