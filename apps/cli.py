@@ -278,6 +278,9 @@ def train_tiny_encoder_cmd(
                                                   "(chord, bell, organ note) and NOVEL_LINES (siren, two-note call, "
                                                   "tremolo tone, noise band, drone, squeal, rumble, sizzle, "
                                                   "crackle); recipe: all but crackle.")] = "recipe",
+    init: Annotated[Optional[str], typer.Option(help="Fine-tune this saved encoder (e.g. anygpt:tiny/encoder): "
+                                                     "only the --modalities' towers train, its text tower stays.")] = None,
+    modalities: Annotated[str, typer.Option(help="Modalities to train on, comma-separated.")] = "image,audio,video,depth",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -287,8 +290,9 @@ def train_tiny_encoder_cmd(
     train_tiny_encoder(data, out, steps=steps, batch_size=batch_size, per_modality=per_modality, seed=seed,
                        attribute_weight=attribute_weight, change_fraction=change_fraction,
                        neutral_weight=neutral_weight, novel_audio=novel_audio,
-                       novel_kinds=_novel_kinds(novel_kinds), max_steps=max_steps,
-                       device=device)
+                       novel_kinds=_novel_kinds(novel_kinds), init=init,
+                       modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
+                       max_steps=max_steps, device=device)
 
 
 @_command(train_app, "tiny-decoders")

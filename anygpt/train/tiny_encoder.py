@@ -33,11 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anygpt.config import resolve_path
 from anygpt.data.manifest import read_manifest
 from anygpt.data import toyworld as tw
 from anygpt.data.toyworld import DISPARITY, LABELS, novel_sounds
 from anygpt.train.loop import LoopSettings, console, train
 from encoders import ImageBindEncoder
+from encoders.imagebind import MODEL_KEYS
 from encoders.preprocess import DEPTH_MAX_DISPARITY, DEPTH_MEAN, DEPTH_STD
 
 MODALITIES = ("image", "audio", "video", "depth")
@@ -185,10 +187,10 @@ def label_of(example: dict) -> str:
 
 
 def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: int,
-                extra: Sequence[dict] = ()) -> dict[str, Pool]:
+                extra: Sequence[dict] = (), modalities: Sequence[str] = MODALITIES) -> dict[str, Pool]:
     """Each modality's first `per_modality` examples, and the `extra` items (beyond that count)."""
     pools = {}
-    for m in MODALITIES:
+    for m in modalities:
         rows = [e for e in examples if e["modality"] == m][:per_modality] + [e for e in extra if e["modality"] == m]
         if not rows:
             continue
@@ -220,21 +222,42 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, tem
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def tower_parameters(encoder: ImageBindEncoder, modalities: Sequence[str]) -> list[str]:
+    """Names of the parameters that embed only the given modalities: their preprocessors, trunks,
+    heads and postprocessors (image and video share the vision tower)."""
+    keys = {MODEL_KEYS[m] for m in modalities}
+    return [n for n, _ in encoder.model.named_parameters() if n.split(".")[1] in keys]
+
+
 def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, batch_size: int = 16,
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
                        attribute_weight: float = 3.0, change_fraction: float = 0.5, neutral_weight: float = 0.0,
                        novel_audio: int = 0, novel_kinds: tuple[str, ...] = RECIPE_NOVEL_KINDS,
+                       init: str | None = None, modalities: Sequence[str] = MODALITIES,
                        device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
     `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES); `neutral_weight`
     weighs the pull of copies that lost an attribute toward none of its values (NEUTRAL_CHANGES; off by
     default: it read length better and kind worse, README "Where the audio length goes wrong").
     `novel_audio` sounds of kinds the world does not have, at both lengths, join the audio items
-    (`novel_sounds`, of `novel_kinds`; README, "Sounds the world does not have")."""
+    (`novel_sounds`, of `novel_kinds`; README, "Sounds the world does not have").
+    `init` (a saved encoder folder, e.g. anygpt:tiny/encoder) fine-tunes that encoder: only the towers
+    of `modalities` train, against its frozen text tower, so every other modality's embeddings stay as
+    they are and what reads them (the LLM's input projector) needs no retraining."""
+    modalities = tuple(modalities)
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown or not modalities:
+        raise ValueError(f"modalities {list(modalities)}: expected some of {MODALITIES}")
     torch.manual_seed(seed)
-    encoder = ImageBindEncoder.tiny(seed=seed)
+    if init is None:
+        encoder = ImageBindEncoder.tiny(seed=seed)
+    else:
+        encoder = ImageBindEncoder.from_pretrained(resolve_path(init), dtype=torch.float32)
+        encoder.model.requires_grad_(False)
+        for name in tower_parameters(encoder, modalities):
+            encoder.model.get_parameter(name).requires_grad_(True)
     pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
-                        novel_sounds(novel_audio, seed, novel_kinds))
+                        novel_sounds(novel_audio if "audio" in modalities else 0, seed, novel_kinds), modalities)
 
     def batch_fn(step: int) -> dict[str, tuple[torch.Tensor, ...]]:
         rng = np.random.default_rng([seed, step])

@@ -113,6 +113,21 @@ def test_tiny_encoder_training_smoke(toy_data, tmp_path):
     assert summary["steps"] == 2 and (tmp_path / "encoder" / "model.safetensors").is_file()
 
 
+def test_tiny_encoder_fine_tune_trains_only_the_named_towers(toy_data, tmp_path):
+    from anygpt.train.tiny_encoder import train_tiny_encoder
+    from encoders import ImageBindEncoder
+
+    start = tmp_path / "start"
+    ImageBindEncoder.tiny(seed=3).save_pretrained(start)
+    train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "run", steps=2, batch_size=4, per_modality=6,
+                       init=str(start), modalities=("depth",))
+    before, after = load_file(start / "model.safetensors"), load_file(tmp_path / "run" / "encoder" / "model.safetensors")
+    moved = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"depth"}  # the text tower, and so every other modality's embedding, is as it was
+    with pytest.raises(ValueError, match="modalities"):
+        train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "bad", steps=1, modalities=("smell",))
+
+
 def test_novel_kinds_option_reads_a_list_or_the_recipe():
     from anygpt.data.toyworld import NOVEL_LINES, NOVEL_SOUNDS
     from apps.cli import _novel_kinds
