@@ -27,6 +27,9 @@ MAKE_DATA="anygpt toyworld $DATA --counts image=3000,audio=1500,video=1500,depth
 # The encoder's novel sounds (kinds the world lacks, at both lengths) keep it from reading a sound's
 # length from its kind (README, "Sounds the world does not have").
 ENC="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder --steps 800 --batch-size 32 --per-modality 1000 --novel-audio 1500 --seed 0"
+# Then its depth tower alone, from the exported encoder, against its frozen text tower (README, "Its
+# depth tower fine-tuned alone"): the other modalities' embeddings stay as they are.
+ENC_DEPTH="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder-depth --init anygpt:tiny/encoder --modalities depth --steps 300 --batch-size 32 --per-modality 1000 --seed 0"
 VAE_STEPS=1500
 # The image and video UNets condition on the frozen MiniLM and train on cached latents (README); from
 # nothing the image run first trains the VAE (--init-vae none; the shipped image run reused the shipped
@@ -47,9 +50,15 @@ train_and_export() { # PART TRAINED_FOLDER COMMAND: train, then ship the part (o
     --data "$DATA" --command "$MAKE_DATA" --command "$3" >>"$LOGS/$1.log" 2>&1
 }
 
+train_encoder() { # the whole encoder, shipped; then its depth tower, shipped with both commands
+  train_and_export encoder "$RUNS/encoder/encoder" "$ENC" && run "$ENC_DEPTH" "$LOGS/encoder-depth.log" dev &&
+    flock "$RUNS/.export.lock" $CLI train export-tiny encoder --source "$RUNS/encoder-depth/encoder" --data "$DATA" \
+      --command "$MAKE_DATA" --command "$ENC" --command "$ENC_DEPTH" >>"$LOGS/encoder-depth.log" 2>&1
+}
+
 [ -f "$DATA/manifest.jsonl" ] || run "$MAKE_DATA" "$LOGS/data.log"
 
-train_and_export encoder "$RUNS/encoder/encoder" "$ENC" & enc=$!
+train_encoder & enc=$!
 train_and_export image "$RUNS/decoders/image" "$IMG" & img=$!
 train_and_export audio "$RUNS/audio/audio" "$AUD" & aud=$!
 # The video decoder grows from the image decoder: start once that has been trained.
