@@ -358,8 +358,7 @@ def train_tiny_audio_cmd(
                      batch_size=batch_size, seed=seed,
                      max_steps=max_steps, device=device, parts=tuple(p for p in parts.split(",") if p), init=init,
                      zero_snr=zero_snr, unet_lr=unet_lr, vae_loud_weight=vae_loud_weight, novel_audio=novel_audio,
-                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
-                    cut_sounds=cut_sounds)
+                     novel_kinds=_novel_kinds(novel_kinds))
 
 
 @_command(train_app, "projectors")

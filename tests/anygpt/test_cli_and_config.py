@@ -66,3 +66,12 @@ def test_demo_page_serves(tiny):
         assert page.status_code == 200 and "AnyGPT" in page.text
     finally:
         demo.close()
+
+
+@pytest.mark.parametrize("command", ["tiny-encoder", "tiny-decoders", "tiny-audio"])
+def test_cli_training_commands_name_a_missing_manifest(command, tmp_path):
+    # Runs each command's body up to reading its data: an argument the body passes but the command
+    # does not take fails here as a NameError.
+    result = CliRunner().invoke(app, ["train", command, "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "no such manifest file" in result.output and "Traceback" not in result.output
