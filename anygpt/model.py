@@ -186,6 +186,20 @@ class _StopAtRunStart(StoppingCriteria):
                             device=input_ids.device)
 
 
+class _TextBudget(StoppingCriteria):
+    """Stops a row once it has written `budget` tokens of its own choosing, and never inside a run of
+    signal tokens: a run counts as one token (its first), since the rest of it is fixed once it starts.
+    So a reply asked for a clip and a sound is not cut in its second run by a budget sized for words."""
+
+    def __init__(self, budget: int, next_of: dict[int, int]):
+        self.budget, self.next_of, self.fixed = budget, next_of, set(next_of.values())
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        rows = input_ids.tolist()  # generate from embeddings: only new tokens
+        return torch.tensor([sum(t not in self.fixed for t in row) >= self.budget and not (row and row[-1] in self.next_of)
+                             for row in rows], device=input_ids.device)
+
+
 class AnyGPTModel(nn.Module):
     def __init__(self, config: AnyGPTConfig, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  encoder: nn.Module, init_new_rows: bool = True):
@@ -402,7 +416,8 @@ class AnyGPTModel(nn.Module):
 
         Several prompts share one `generate` call, left-padded under an attention mask; one prompt
         goes through `_write_one`, which writes each run of signal tokens in one step. Either way
-        each reply is the one the plain loop gives (up to float rounding). `force` is a test and UI
+        each reply is the one the plain loop gives (up to float rounding). `max_new_tokens` counts the
+        tokens the LLM chooses: a run of signal tokens counts as one, and is never cut (`_TextBudget`). `force` is a test and UI
         hook: a forced modality whose run the LLM did not write gets one appended, so its artifact
         is still made from the LLM's own hidden states. Sampling (temperature > 0) draws from one
         generator seeded with `seed`.
@@ -441,10 +456,15 @@ class AnyGPTModel(nn.Module):
                       **options) -> list[tuple[list[int], torch.Tensor | None]]:
         """Several prompts in one generate call: per row, (tokens written, hidden states [n, H] of the first n)."""
         embeds, mask = self._left_pad(prompts, pad_token_id)
+        # room for the fixed rest of every run the reply may hold, beyond the budget of chosen tokens
+        room = self.config.max_outputs_per_reply * max([len(ids) - 1 for m, ids in self.signal.ids.items()
+                                                         if m in allowed], default=0)
+        processor = self._processor(allowed)
+        budget = StoppingCriteriaList([_TextBudget(max_new_tokens, processor[0].next_of)])
         with self._last_hidden.collect() as steps:
-            sequences = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                          logits_processor=self._processor(allowed), pad_token_id=pad_token_id,
-                                          **options)
+            sequences = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens + room,
+                                          logits_processor=processor, stopping_criteria=budget,
+                                          pad_token_id=pad_token_id, **options)
         # steps[0] is the prefill's last prompt token; steps[k] is generated token k-1, fed back at step k.
         fed = torch.stack(steps[1:], dim=1) if len(steps) > 1 else None
         return [(seq, None if fed is None else fed[row]) for row, seq in enumerate(sequences.tolist())]
@@ -457,16 +477,18 @@ class AnyGPTModel(nn.Module):
         it. A 24-token run costs one forward instead of 23 decoding steps."""
         embed, device = self.llm.get_input_embeddings(), prompt.device
         rest_of = {ids[0]: list(ids[1:]) for m, ids in self.signal.ids.items() if m in allowed and len(ids) > 1}
+        fixed = {t for ids in self.signal.ids.values() for t in ids[1:]}
         stop = StoppingCriteriaList([_StopAtRunStart(set(rest_of))])
         seq: list[int] = []
         hidden: list[torch.Tensor] = []
+        chosen = lambda: sum(t not in fixed for t in seq)  # the budget's count: a run is one token (_TextBudget)
         # full: the embeddings of everything so far; cache: the KV of a prefix of it (all but its last, after a call)
         cache, full = self._reuse_prefix(prompt), prompt
-        while len(seq) < max_new_tokens:
+        while chosen() < max_new_tokens:
             with self._last_hidden.collect() as steps:
                 out = self.llm.generate(inputs_embeds=full, attention_mask=torch.ones(full.shape[:2], dtype=torch.long,
                                                                                       device=device),
-                                        past_key_values=cache, max_new_tokens=max_new_tokens - len(seq),
+                                        past_key_values=cache, max_new_tokens=max_new_tokens - chosen(),
                                         logits_processor=self._processor(allowed, seq), stopping_criteria=stop,
                                         return_dict_in_generate=True, **options)
             new = out.sequences[0].tolist()
@@ -474,9 +496,9 @@ class AnyGPTModel(nn.Module):
             # steps[0] is the last token of `full`: the prompt's (dropped) or the last run's (kept)
             hidden += [h[0] for h in steps[0 if seq else 1:]]
             seq += new
-            if not new or new[-1] not in rest_of or len(seq) >= max_new_tokens:
+            if not new or new[-1] not in rest_of:
                 break
-            rest = rest_of[new[-1]][:max_new_tokens - len(seq)]
+            rest = rest_of[new[-1]]
             feed = [new[-1]] + rest[:-1]  # the cache holds everything before new[-1]
             length = cache.get_seq_length() + len(feed)
             run = self.llm(inputs_embeds=embed(torch.tensor([feed], device=device)), past_key_values=cache,

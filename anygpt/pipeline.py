@@ -47,7 +47,7 @@ class ChatOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = None  # tokens the LLM chooses: a run of signal tokens counts as one
     temperature: float | None = None
     seed: int = 0
     num_inference_steps: int | None = None

@@ -70,7 +70,27 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny, media_dir):
     for a, b in zip(together, alone):
         assert a.ids == b.ids and a.generated == b.generated
         assert torch.allclose(a.hidden, b.hidden, atol=1e-4)
-    assert any(a.generated < 10 for a in together) and any(a.generated == 10 for a in together)
+    assert any(a.generated < 10 for a in together)  # stopped at its end token
+    # "Here is a green triangle. [IMG0]..[IMG3]" is 12 tokens: the limit counts the run as one
+    assert [r.modality for r in model.find_runs(together[2].ids)] == ["image"] and together[2].generated == 12
+
+
+@pytest.mark.parametrize("limit", [3, 9, 14, 40])
+@torch.inference_mode()
+def test_the_token_limit_counts_a_run_as_one_token_and_never_cuts_it(tiny, limit):
+    model = tiny.model
+    fixed = {t for ids in model.signal.ids.values() for t in ids[1:]}
+    starts = {ids[0] for ids in model.signal.ids.values()}
+    options = dict(max_new_tokens=limit, temperature=0.0, seed=0, allowed={"image", "audio", "video"})
+    prompt = "please make a short movie of a blue circle moving down and I want to listen to a short pulsing beeps"
+    one = model.generate(_prompt(model, prompt), **options)
+    looped = model.generate_batch([_prompt(model, prompt), _prompt(model, "hi")], **options)[0]
+    assert one.ids == looped.ids
+    chosen = sum(t not in fixed for t in one.ids)
+    assert chosen == limit or (chosen < limit and one.generated == len(one.ids) + 1)  # the limit, or its end token
+    assert len(model.find_runs(one.ids)) == sum(t in starts for t in one.ids)  # every run started is whole
+    if limit == 40:
+        assert sorted(r.modality for r in model.find_runs(one.ids)) == ["audio", "video"], model.tokenizer.decode(one.ids)
 
 
 def test_chat_batch_shares_one_generate_call_and_answers_as_alone(tiny, monkeypatch):
@@ -126,7 +146,7 @@ def test_trace_counts_the_tokens_the_llm_wrote(tiny, kind):
 
 @pytest.mark.parametrize("prompt, max_new_tokens", [
     ("animate a blue square moving right", 48),  # a 24-token run, then the end of the reply
-    ("animate a blue square moving right", 12),  # the limit cuts the run
+    ("animate a blue square moving right", 12),  # the limit falls inside the run: it is written whole
     ("draw a red circle, then play a rising tone", 40),  # generation goes on after a run
 ])
 @torch.inference_mode()
@@ -140,7 +160,7 @@ def test_runs_written_in_one_step_equal_the_token_by_token_loop(tiny, prompt, ma
     assert one.ids == looped.ids and one.generated == looped.generated
     assert one.hidden.shape == looped.hidden.shape
     assert torch.allclose(one.hidden, looped.hidden, atol=1e-4)
-    if max_new_tokens == 48:
+    if max_new_tokens in (48, 12):
         assert [r.modality for r in model.find_runs(one.ids)] == ["video"], model.tokenizer.decode(one.ids)
 
 
