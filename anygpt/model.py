@@ -417,9 +417,9 @@ class AnyGPTModel(nn.Module):
         Several prompts share one `generate` call, left-padded under an attention mask; one prompt
         goes through `_write_one`, which writes each run of signal tokens in one step. Either way
         each reply is the one the plain loop gives (up to float rounding). `max_new_tokens` counts the
-        tokens the LLM chooses: a run of signal tokens counts as one, and is never cut (`_TextBudget`). `force` is a test and UI
-        hook: a forced modality whose run the LLM did not write gets one appended, so its artifact
-        is still made from the LLM's own hidden states. Sampling (temperature > 0) draws from one
+        tokens the LLM chooses: a run of signal tokens counts as one, and is never cut (`_TextBudget`).
+        `force` is a test and UI hook: a forced modality whose run the LLM did not write gets one
+        appended, so its artifact is still made from the LLM's own hidden states. Sampling (temperature > 0) draws from one
         generator seeded with `seed`.
         """
         eos = self.llm.generation_config.eos_token_id
