@@ -194,9 +194,13 @@ class _TextBudget(StoppingCriteria):
     def __init__(self, budget: int, next_of: dict[int, int]):
         self.budget, self.next_of, self.fixed = budget, next_of, set(next_of.values())
 
+    def chosen(self, tokens: list[int]) -> int:
+        """How many of `tokens` count against the budget: all but the fixed rest of each run."""
+        return sum(t not in self.fixed for t in tokens)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         rows = input_ids.tolist()  # generate from embeddings: only new tokens
-        return torch.tensor([sum(t not in self.fixed for t in row) >= self.budget and not (row and row[-1] in self.next_of)
+        return torch.tensor([self.chosen(row) >= self.budget and not (row and row[-1] in self.next_of)
                              for row in rows], device=input_ids.device)
 
 
@@ -477,11 +481,11 @@ class AnyGPTModel(nn.Module):
         it. A 24-token run costs one forward instead of 23 decoding steps."""
         embed, device = self.llm.get_input_embeddings(), prompt.device
         rest_of = {ids[0]: list(ids[1:]) for m, ids in self.signal.ids.items() if m in allowed and len(ids) > 1}
-        fixed = {t for ids in self.signal.ids.values() for t in ids[1:]}
+        budget = _TextBudget(max_new_tokens, self._processor(allowed)[0].next_of)
         stop = StoppingCriteriaList([_StopAtRunStart(set(rest_of))])
         seq: list[int] = []
         hidden: list[torch.Tensor] = []
-        chosen = lambda: sum(t not in fixed for t in seq)  # the budget's count: a run is one token (_TextBudget)
+        chosen = lambda: budget.chosen(seq)  # the budget's count: a run is one token
         # full: the embeddings of everything so far; cache: the KV of a prefix of it (all but its last, after a call)
         cache, full = self._reuse_prefix(prompt), prompt
         while chosen() < max_new_tokens:
