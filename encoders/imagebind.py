@@ -47,6 +47,10 @@ class ImageBindConfig:
     # looks 0.25 s apart: its toy clips last 1-2 s, so 2-s clips would all be the same first/last
     # frame pair, with the shape 80 px away and no local motion for the 2x14x14 patches to see.
     video_clip_duration: float = 2.0
+    # How a sound shorter than its 2-s clip is filled (`load_and_transform_audio`): "fbank", data.py's
+    # zero log-mel frames, or "silence", zeros in the waveform. The tiny preset takes silence: its toy
+    # sounds last 1-2 s, and data.py's padding is as loud as white noise, which hides a noise burst's end.
+    audio_pad: str = "fbank"
     kernel_size: tuple[int, int, int] = (2, 14, 14)
     audio_kernel_size: int = 16
     audio_stride: int = 10
@@ -88,7 +92,8 @@ class ImageBindConfig:
         """The real architecture and input sizes with 64-wide, 1-2 block trunks (CPU preset)."""
         small = dict(embed_dim=64, num_heads=4)
         kw = {f"{m}_{k}": v for m in ("vision", "audio", "text", "depth", "thermal", "imu") for k, v in small.items()}
-        return cls(out_embed_dim=64, video_clip_duration=0.25, vision_num_blocks=2, audio_num_blocks=2, text_num_blocks=2,
+        return cls(out_embed_dim=64, video_clip_duration=0.25, audio_pad="silence", vision_num_blocks=2,
+                   audio_num_blocks=2, text_num_blocks=2,
                    depth_num_blocks=1, thermal_num_blocks=1, imu_num_blocks=1, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,11 +108,13 @@ class ImageBindConfig:
         d = {k: v for k, v in d.items() if k in known}
         if "kernel_size" in d:
             d["kernel_size"] = tuple(d["kernel_size"])
+        if d.get("audio_pad", "fbank") not in ("fbank", "silence"):
+            raise CheckpointError(f"ImageBind config audio_pad must be 'fbank' or 'silence', got {d['audio_pad']!r}")
         return cls(**d)
 
 
 # Config fields that shape the preprocessing, not the network.
-PREPROCESSING_FIELDS = ("video_clip_duration",)
+PREPROCESSING_FIELDS = ("video_clip_duration", "audio_pad")
 
 
 def build_model(config: ImageBindConfig) -> ImageBindModel:
@@ -278,7 +285,8 @@ class ImageBindEncoder(torch.nn.Module):
         """Preprocess a batch: the stacked tensors of `encoders.preprocess`, on CPU."""
         modality = check_modality(modality)
         fn, cfg = PREPROCESSORS[modality], self.config
-        extra = {"audio": dict(num_mel_bins=cfg.audio_num_mel_bins, target_length=cfg.audio_target_len),
+        extra = {"audio": dict(num_mel_bins=cfg.audio_num_mel_bins, target_length=cfg.audio_target_len,
+                               pad=cfg.audio_pad),
                  "video": dict(frames_per_clip=cfg.video_frames, clip_duration=cfg.video_clip_duration)}.get(modality, {})
         return torch.stack([fn(as_media(x, self.limits), self.limits, **extra) for x in _as_list(items)])
 

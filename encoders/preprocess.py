@@ -458,10 +458,19 @@ def load_and_transform_audio(
     target_length: int = 204,
     clip_duration: float = 2,
     clips_per_video: int = 3,
+    pad: str = "fbank",
 ) -> torch.Tensor:
     """[3, 1, 128, 204]: resample to 16 kHz, 3 clips of 2 s spread over the audio, Kaldi fbank
     (128 mel bins, 25 ms windows, 10 ms hop) cut/padded to 204 frames, normalised with
-    mean -4.268 and std 9.138. Stereo: Kaldi reads channel 0, as in data.py."""
+    mean -4.268 and std 9.138. Stereo: Kaldi reads channel 0, as in data.py.
+
+    `pad` is how a clip shorter than `clip_duration` is filled. "fbank" (data.py's) pads the log-mel
+    frames with 0: a level in every mel bin about as loud as white noise, so a noise burst and
+    its padding look alike and its length cannot be seen. "silence" pads the waveform with zeros
+    before the fbank, so the tail is Kaldi's floor, as real silence is (the tiny preset; README,
+    "Padding with silence")."""
+    if pad not in ("fbank", "silence"):
+        raise ValueError(f"audio pad must be 'fbank' or 'silence', got {pad!r}")
     limits = limits or DEFAULT_LIMITS
     media = as_media(item, limits)
     with _reading(media, "audio"):
@@ -477,6 +486,9 @@ def load_and_transform_audio(
             # data.py centres each clip in place, on a view of the waveform, so an overlapping
             # later clip sees the earlier subtraction; doing the same keeps the numbers equal.
             clip -= clip.mean()
+            short = int(clip_duration * sample_rate) - clip.size(1)
+            if pad == "silence" and short > 0:
+                clip = F.pad(clip, (0, short))
             clips.append(_melspec(clip, sample_rate, num_mel_bins, target_length))
         return (torch.stack(clips) - AUDIO_MEAN) / AUDIO_STD
 

@@ -233,7 +233,7 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                        per_modality: int = 400, lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
                        attribute_weight: float = 3.0, change_fraction: float = 0.5, neutral_weight: float = 0.0,
                        novel_audio: int = 0, novel_kinds: tuple[str, ...] = RECIPE_NOVEL_KINDS,
-                       init: str | None = None, modalities: Sequence[str] = MODALITIES,
+                       init: str | None = None, modalities: Sequence[str] = MODALITIES, audio_pad: str | None = None,
                        device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
     `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES); `neutral_weight`
@@ -256,6 +256,10 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
         encoder.model.requires_grad_(False)
         for name in tower_parameters(encoder, modalities):
             encoder.model.get_parameter(name).requires_grad_(True)
+    if audio_pad is not None:  # how the audio tower's input is padded from now on (README, "Padding with silence")
+        if audio_pad not in ("fbank", "silence"):
+            raise ValueError(f"audio_pad must be 'fbank' or 'silence', got {audio_pad!r}")
+        encoder.config.audio_pad = audio_pad
     pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
                         novel_sounds(novel_audio if "audio" in modalities else 0, seed, novel_kinds), modalities)
 

@@ -229,3 +229,23 @@ def test_clip_duration_round_trips_and_defaults_to_imagebinds(encoder, tmp_path)
     (tmp_path / "enc" / "config.json").write_text(json.dumps(config))
     assert ImageBindEncoder.from_pretrained(tmp_path / "enc").config.video_clip_duration == 2.0
     assert ImageBindConfig.huge().video_clip_duration == 2.0
+
+
+def test_audio_pad_round_trips_and_defaults_to_imagebinds(encoder, tmp_path):
+    """The tiny preset pads short sounds with silence; a folder saved before the field existed, and
+    ImageBind-huge, keep data.py's zero fbank frames."""
+    assert encoder.config.audio_pad == "silence" and ImageBindConfig.huge().audio_pad == "fbank"
+    encoder.save_pretrained(tmp_path / "enc")
+    path = tmp_path / "enc" / "config.json"
+    config = json.loads(path.read_text())
+    assert config["audio_pad"] == "silence"
+    burst = np.random.default_rng(0).uniform(-0.5, 0.5, 16_000).astype(np.float32)
+    silence = ImageBindEncoder.from_pretrained(tmp_path / "enc").prepare("audio", [burst])
+    del config["audio_pad"]
+    path.write_text(json.dumps(config))
+    old = ImageBindEncoder.from_pretrained(tmp_path / "enc")
+    assert old.config.audio_pad == "fbank"
+    assert float(silence[0, 0, 0, :, 120:190].mean()) < float(old.prepare("audio", [burst])[0, 0, 0, :, 120:190].mean()) - 1
+    path.write_text(json.dumps({**config, "audio_pad": "echo"}))
+    with pytest.raises(CheckpointError, match="audio_pad"):
+        ImageBindEncoder.from_pretrained(tmp_path / "enc")

@@ -79,6 +79,25 @@ def test_audio_input_types_agree(media_dir):
         assert (load_and_transform_audio(item) - want).abs().max() <= 1e-5, type(item)
 
 
+def test_silence_padding_shows_where_a_noise_burst_ends():
+    """data.py pads a short clip's log-mel frames with 0, as loud as white noise in every bin: a 1.2-s
+    and a 1.8-s burst then differ only in their fades. Padded with silence, the frames after the end
+    sit at Kaldi's floor, the level of a bin no sound reaches."""
+    rng = np.random.default_rng(0)
+    short, long = (rng.uniform(-0.5, 0.5, int(s * 16_000)).astype(np.float32) for s in (1.2, 1.8))
+    fbank = [load_and_transform_audio(x)[0, 0] for x in (short, long)]
+    silence = [load_and_transform_audio(x, pad="silence")[0, 0] for x in (short, long)]
+    floor = (np.log(np.finfo(np.float32).eps) - -4.268) / 9.138  # an all-zero frame, normalised
+    between = slice(125, 175)  # after the short burst's end, before the long one's
+    assert abs(float(fbank[0][:, between].mean() - fbank[1][:, between].mean())) < 0.15  # alike
+    assert abs(float(silence[0][:, between].mean()) - floor) < 0.01
+    assert float(silence[1][:, between].mean()) > floor + 1
+    assert torch.allclose(silence[1][:, :100], fbank[1][:, :100], atol=1e-4)  # the sound itself: as data.py reads it
+    assert silence[0].shape == fbank[0].shape == (128, 204)
+    with pytest.raises(ValueError, match="pad"):
+        load_and_transform_audio(short, pad="zeros")
+
+
 def test_audio_from_video_container(media_dir, tmp_path):
     """Audio inside an MP4 (AAC) is read through PyAV."""
     import av
