@@ -281,6 +281,9 @@ def train_tiny_encoder_cmd(
     init: Annotated[Optional[str], typer.Option(help="Fine-tune this saved encoder (e.g. anygpt:tiny/encoder): "
                                                      "only the --modalities' towers train, its text tower stays.")] = None,
     modalities: Annotated[str, typer.Option(help="Modalities to train on, comma-separated.")] = "image,audio,video,depth",
+    audio_pad: Annotated[Optional[str], typer.Option(help="Pad sounds shorter than 2 s with silence (the tiny "
+                                                          "preset's) or with ImageBind's zero fbank frames (fbank); "
+                                                          "default: the encoder's own.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -292,7 +295,7 @@ def train_tiny_encoder_cmd(
                        neutral_weight=neutral_weight, novel_audio=novel_audio,
                        novel_kinds=_novel_kinds(novel_kinds), init=init,
                        modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
-                       max_steps=max_steps, device=device)
+                       audio_pad=audio_pad, max_steps=max_steps, device=device)
 
 
 @_command(train_app, "tiny-decoders")
@@ -442,6 +445,8 @@ def _stage_command(stage: int):
                                                      "move.")] = 0,
         cut_sounds: Annotated[int, typer.Option(help="Stage 1: also this many world sounds cut shorter than either "
                                                      "length, asked their kind.")] = 0,
+        paint_clips: Annotated[int, typer.Option(help="Stage 1: also this many clips in colours the toy world "
+                                                      "does not have, asked which way they move or described.")] = 0,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -450,7 +455,7 @@ def _stage_command(stage: int):
                     grad_accum=grad_accum, seed=seed, max_steps=max_steps, save_every=save_every,
                     gradient_checkpointing=gradient_checkpointing, novel_audio=novel_audio,
                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
-                    cut_sounds=cut_sounds)
+                    cut_sounds=cut_sounds, paint_clips=paint_clips)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -9,7 +9,8 @@
    (README, "Sounds the world does not have, read by the LLM"). `grey_clips` adds grey clips asked
    which way they move, so that a direction is read apart from the colour it came with in training;
    `cut_sounds` world sounds of the training split cut shorter than either length, asked their kind,
-   so that a kind is read apart from the length it came with.
+   so that a kind is read apart from the length it came with. `paint_clips` adds clips of the
+   training split painted in colours the world does not have, asked their direction or described.
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
    projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
    decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
@@ -110,6 +111,36 @@ def grey_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
         answer = ANSWER["direction"][rng.integers(len(ANSWER["direction"]))].format(direction=spec.direction)
         out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("video", path)]),
                            Turn("assistant", answer)]))
+    return out
+
+
+# Colours the toy world does not have (`paint_clip_samples`), each far from every palette colour.
+PAINT_COLOURS = {"white": (235, 235, 235), "pink": (255, 160, 210), "brown": (125, 75, 35), "cyan": (30, 225, 235)}
+
+
+def paint_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
+    """n questions about clips of the training split painted in a colour the world does not have
+    (`PAINT_COLOURS`), half "which way is it moving?" answered with the direction, half "describe this
+    clip" answered as the dialogs do ("A pink circle moving left."). Each world colour lacks one
+    direction in the training split; these colours come with every direction, and unlike grey clips
+    they are named in the answer, so a description learns to say a direction whatever colour it names.
+    The clips are written once to `folder` (MP4) and reused when it is there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 7])
+    asks = {a: [q for q, attribute in ASK["video"]["train"] if attribute == a] for a in ("direction", "all")}
+    names = sorted(PAINT_COLOURS)
+    out = []
+    for i in range(n):
+        colour = names[rng.integers(len(names))]
+        spec = dataclasses.replace(tw.sample("video", rng), color=colour, rgb=PAINT_COLOURS[colour])
+        path = _write_once(folder / f"{i:05d}.mp4", lambda tmp: tw.save_video(tmp, tw.render(spec)))
+        if i % 2:
+            question = asks["all"][rng.integers(len(asks["all"]))]
+            answer = f"A {colour} {spec.shape} moving {spec.direction}."
+        else:
+            question = asks["direction"][rng.integers(len(asks["direction"]))]
+            answer = ANSWER["direction"][rng.integers(len(ANSWER["direction"]))].format(direction=spec.direction)
+        out.append(Sample([Turn("user", question, [("video", path)]), Turn("assistant", answer)]))
     return out
 
 
@@ -285,7 +316,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 grad_accum: int = 1, mse_weight: float = 1.0, seed: int = 0, max_steps: int | None = None,
                 limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False,
                 novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
-                cut_sounds: int = 0) -> dict:
+                cut_sounds: int = 0, paint_clips: int = 0) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -294,11 +325,12 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     `novel_audio` (stage 1): that many sounds of `novel_kinds`, at both lengths, join the samples
     (`novel_sound_samples`, written under out/novel-audio); `grey_clips` grey clips asked their
     direction (`grey_clip_samples`, under out/grey-clips); `cut_sounds` world sounds cut short asked
-    their kind (`cut_sound_samples`, under out/cut-sounds)."""
+    their kind (`cut_sound_samples`, under out/cut-sounds); `paint_clips` clips in colours the world
+    lacks (`paint_clip_samples`, under out/paint-clips)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
-    if (novel_audio or grey_clips or cut_sounds) and stage != 1:
-        raise ValueError("novel_audio, grey_clips and cut_sounds are for stage 1 (the input side)")
+    if (novel_audio or grey_clips or cut_sounds or paint_clips) and stage != 1:
+        raise ValueError("novel_audio, grey_clips, cut_sounds and paint_clips are for stage 1 (the input side)")
     out = Path(out)
     if init is not None:
         app = AnyGPT.from_pretrained(init)
@@ -328,6 +360,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     if cut_sounds:
         samples += cut_sound_samples(cut_sounds, out / "cut-sounds", seed)
+    if paint_clips:
+        samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if not samples:
         raise ValueError(f"{data}: nothing to train stage {stage} on")
     console.print(f"stage {stage}: {len(samples)} samples")

@@ -636,6 +636,32 @@ def test_stage1_extra_samples_read_length_and_direction_apart_from_kind_and_colo
         train_stage(2, tmp_path / "none.jsonl", tmp_path / "run", init=tmp_path, grey_clips=2)
 
 
+def test_painted_clips_have_a_colour_the_world_lacks_and_are_answered_with_it_and_their_direction(tmp_path):
+    from anygpt.eval import probes
+    from anygpt.train.stages import PAINT_COLOURS, paint_clip_samples, train_stage
+
+    assert not set(PAINT_COLOURS) & set(toyworld.COLORS)
+    clips = paint_clip_samples(12, tmp_path / "clips", seed=0)
+    described = [c for c in clips if c.turns[1].text.startswith("A ")]
+    assert 0 < len(described) < len(clips)
+    for c in clips[:6]:
+        (modality, path), = c.turns[0].media
+        frames = toyworld.load_video(path)
+        direction = probes.probe_video(frames)["direction"]
+        assert modality == "video" and frames.shape[0] == 8 and direction in c.turns[1].text
+        # the shape's pixels are the painted colour: the median of those far from the plain background
+        rgb = frames[0].reshape(-1, 3).astype(int)
+        shape = np.median(rgb[np.abs(rgb - np.median(rgb, 0)).max(1) > 60], 0)
+        colours = [c2 for c2 in PAINT_COLOURS if c2 in c.turns[1].text]
+        if colours:
+            assert np.abs(shape - PAINT_COLOURS[colours[0]]).max() < 40
+    for c in described:
+        colour, shape, _, direction = c.turns[1].text.rstrip(".").split()[1:]
+        assert colour in PAINT_COLOURS and shape in toyworld.SHAPES and direction in toyworld.DIRECTIONS
+    with pytest.raises(ValueError, match="stage 1"):
+        train_stage(3, tmp_path / "none.jsonl", tmp_path / "run", init=tmp_path, paint_clips=2)
+
+
 def test_requests_for_novel_sounds_name_kind_and_length_in_request_reply_and_target():
     from anygpt.data.dialogs import novel_sound_requests
 
