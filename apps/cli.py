@@ -284,6 +284,10 @@ def train_tiny_encoder_cmd(
     audio_pad: Annotated[Optional[str], typer.Option(help="Pad sounds shorter than 2 s with silence (the tiny "
                                                           "preset's) or with ImageBind's zero fbank frames (fbank); "
                                                           "default: the encoder's own.")] = None,
+    fresh_towers: Annotated[bool, typer.Option(help="With --init: start the --modalities' towers anew "
+                                                     "(seeded), against the init encoder's text tower.")] = False,
+    length_from_novel: Annotated[bool, typer.Option(help="Teach a sound's length only with the novel sounds: the "
+                                                          "world's sounds are not told theirs.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
 ) -> None:
@@ -295,7 +299,8 @@ def train_tiny_encoder_cmd(
                        neutral_weight=neutral_weight, novel_audio=novel_audio,
                        novel_kinds=_novel_kinds(novel_kinds), init=init,
                        modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
-                       audio_pad=audio_pad, max_steps=max_steps, device=device)
+                       audio_pad=audio_pad, fresh_towers=fresh_towers, length_from_novel=length_from_novel,
+                       max_steps=max_steps, device=device)
 
 
 @_command(train_app, "tiny-decoders")

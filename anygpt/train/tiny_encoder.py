@@ -25,6 +25,7 @@ toy-world shape.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,12 +187,29 @@ def label_of(example: dict) -> str:
     return "|".join(str(attrs[k]) for k in LABELS[example["modality"]])
 
 
+# The words that say a sound's length in the toy world's captions (toyworld.PHRASES["length"]).
+LENGTH_WORDS = re.compile(r"\b(?:" + "|".join(w for ws in tw.PHRASES["length"].values() for w in ws) + r") ")
+
+
+def without_length(caption: str) -> str:
+    """A caption with its length words taken out ("a brief upward sweep" -> "an upward sweep")."""
+    text = LENGTH_WORDS.sub("", caption)
+    return re.sub(r"\b([Aa])n? (?=(\w))", lambda m: m.group(1) + ("n " if m.group(2)[0] in "aeiou" else " "), text)
+
+
 def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: int,
-                extra: Sequence[dict] = (), modalities: Sequence[str] = MODALITIES) -> dict[str, Pool]:
-    """Each modality's first `per_modality` examples, and the `extra` items (beyond that count)."""
+                extra: Sequence[dict] = (), modalities: Sequence[str] = MODALITIES,
+                length_from_extra: bool = False) -> dict[str, Pool]:
+    """Each modality's first `per_modality` examples, and the `extra` items (beyond that count).
+    `length_from_extra`: the world's sounds are not told their length (their captions lose its words,
+    their length view is skipped, value index -1); only the `extra` sounds, whose kinds come at
+    both lengths, teach it (README, "Length told only by sounds of both lengths")."""
     pools = {}
     for m in modalities:
-        rows = [e for e in examples if e["modality"] == m][:per_modality] + [e for e in extra if e["modality"] == m]
+        world = [e for e in examples if e["modality"] == m][:per_modality]
+        if length_from_extra and m == "audio":
+            world = [{**e, "caption": without_length(e["caption"]), "length_untold": True} for e in world]
+        rows = world + [e for e in extra if e["modality"] == m]
         if not rows:
             continue
         console.print(f"preparing {len(rows)} {m} items")
@@ -206,8 +224,8 @@ def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: i
         for key, phrase in ATTRIBUTE_VIEWS[m].items():
             values = [str(r["attributes"][key]) for r in rows]
             order = sorted(set(values))
-            views[key] = (encoder.tokenize([phrase.format(v) for v in values]),
-                          torch.tensor([order.index(v) for v in values]))
+            index = [-1 if key == "length" and r.get("length_untold") else order.index(v) for r, v in zip(rows, values)]
+            views[key] = (encoder.tokenize([phrase.format(v) for v in values]), torch.tensor(index))
             phrases[key] = encoder.tokenize([phrase.format(v) for v in order])
         pools[m] = Pool(torch.cat(chunks), encoder.tokenize([r["caption"] for r in rows]),
                         torch.tensor([names.index(label_of(r)) for r in rows]), views, phrases)
@@ -234,6 +252,7 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                        attribute_weight: float = 3.0, change_fraction: float = 0.5, neutral_weight: float = 0.0,
                        novel_audio: int = 0, novel_kinds: tuple[str, ...] = RECIPE_NOVEL_KINDS,
                        init: str | None = None, modalities: Sequence[str] = MODALITIES, audio_pad: str | None = None,
+                       fresh_towers: bool = False, length_from_novel: bool = False,
                        device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
     `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES); `neutral_weight`
@@ -243,25 +262,33 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
     (`novel_sounds`, of `novel_kinds`; README, "Sounds the world does not have").
     `init` (a saved encoder folder, e.g. anygpt:tiny/encoder) fine-tunes that encoder: only the towers
     of `modalities` train, against its frozen text tower, so every other modality's embeddings stay as
-    they are and what reads them (the LLM's input projector) needs no retraining."""
+    they are and what reads them (the LLM's input projector) needs no retraining. `fresh_towers`
+    starts those towers anew (seeded) instead of from `init`'s weights, against its text tower.
+    `length_from_novel`: a sound's length is taught by the novel sounds alone (`build_pools`)."""
     modalities = tuple(modalities)
     unknown = sorted(set(modalities) - set(MODALITIES))
     if unknown or not modalities:
         raise ValueError(f"modalities {list(modalities)}: expected some of {MODALITIES}")
+    if fresh_towers and init is None:
+        raise ValueError("fresh_towers needs an init encoder (whose other towers stay)")
     torch.manual_seed(seed)
     if init is None:
         encoder = ImageBindEncoder.tiny(seed=seed)
     else:
         encoder = ImageBindEncoder.from_pretrained(resolve_path(init), dtype=torch.float32)
         encoder.model.requires_grad_(False)
+        fresh = ImageBindEncoder.tiny(seed=seed).model if fresh_towers else None
         for name in tower_parameters(encoder, modalities):
+            if fresh is not None:
+                encoder.model.get_parameter(name).data.copy_(fresh.get_parameter(name))
             encoder.model.get_parameter(name).requires_grad_(True)
     if audio_pad is not None:  # how the audio tower's input is padded from now on (README, "Padding with silence")
         if audio_pad not in ("fbank", "silence"):
             raise ValueError(f"audio_pad must be 'fbank' or 'silence', got {audio_pad!r}")
         encoder.config.audio_pad = audio_pad
     pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
-                        novel_sounds(novel_audio if "audio" in modalities else 0, seed, novel_kinds), modalities)
+                        novel_sounds(novel_audio if "audio" in modalities else 0, seed, novel_kinds), modalities,
+                        length_from_extra=length_from_novel)
 
     def batch_fn(step: int) -> dict[str, tuple[torch.Tensor, ...]]:
         rng = np.random.default_rng([seed, step])
@@ -286,7 +313,9 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
             seen_changed = {name: encoder(m, xc) for name, xc in changes.items()}
             for key, (t, y) in views.items():
                 seen = seen_changed.get(VIEW_CHANGES.get(m, {}).get(key), media)
-                loss = loss + attribute_weight * contrastive_loss(seen, encoder("text", t), y) / len(views)
+                told = y >= 0  # items not told this attribute (`length_from_extra`) sit out its view
+                if bool(told.any()):
+                    loss = loss + attribute_weight * contrastive_loss(seen[told], encoder("text", t[told]), y[told]) / len(views)
             for key, xn in neutral.items():
                 phrases = encoder("text", pools[m].phrases[key])
                 loss = loss + neutral_weight * neutral_loss(encoder(m, xn), phrases) / len(views)

@@ -153,6 +153,53 @@ def test_novel_sounds_join_the_audio_pool_with_their_own_classes():
         {(i["attributes"]["kind"], i["attributes"]["length"]) for i in items})
 
 
+
+def test_world_sounds_can_be_left_untold_their_length():
+    """`length_from_extra`: the world's sounds lose their length words and sit out the length view;
+    the novel sounds keep both, so only kinds that come at both lengths teach it."""
+    from anygpt.data.toyworld import novel_sounds
+    from anygpt.train.tiny_encoder import build_pools, without_length
+    from encoders import ImageBindEncoder
+
+    assert without_length("a brief upward sweep") == "an upward sweep"
+    assert without_length("a recording of a lengthy hiss of white noise") == "a recording of a hiss of white noise"
+    assert without_length("A long clip of an organ note") == "A clip of an organ note"
+    items = novel_sounds(4, seed=0)
+    world = [{"modality": "audio", "array": toyworld.render(spec), "caption": "a recording of a long low tone",
+              "attributes": spec.labels()}
+             for spec in [toyworld.sample_audio(np.random.default_rng(i), kind="low tone") for i in range(2)]]
+    encoder = ImageBindEncoder.tiny(seed=0)
+    told = build_pools(encoder, world, per_modality=2, extra=items)["audio"]
+    untold = build_pools(encoder, world, per_modality=2, extra=items, length_from_extra=True)["audio"]
+    assert untold.views["length"][1].tolist()[:2] == [-1, -1] and min(told.views["length"][1].tolist()) >= 0
+    assert untold.views["length"][1].tolist()[2:] == told.views["length"][1].tolist()[2:]
+    assert torch.equal(untold.views["kind"][1], told.views["kind"][1])
+    assert torch.equal(untold.tokens[0], encoder.tokenize(["a recording of a low tone"])[0])
+    assert torch.equal(untold.tokens[2:], told.tokens[2:])
+
+
+def test_fresh_towers_start_anew_and_need_an_encoder_to_keep_the_rest(toy_data, tmp_path):
+    from anygpt.train.tiny_encoder import train_tiny_encoder
+    from encoders import ImageBindEncoder
+
+    start = tmp_path / "start"
+    ImageBindEncoder.tiny(seed=3).save_pretrained(start)
+    train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "run", steps=1, batch_size=4, per_modality=6,
+                       init=str(start), modalities=("audio",), fresh_towers=True, length_from_novel=True,
+                       audio_pad="fbank", novel_audio=4, seed=5, lr=1e-9)
+    before, after = load_file(start / "model.safetensors"), load_file(tmp_path / "run" / "encoder" / "model.safetensors")
+    fresh = ImageBindEncoder.tiny(seed=5).model.state_dict()
+    audio = [k for k in before if k.split(".")[1] == "audio"]
+    assert audio and all(torch.allclose(after[k], fresh[k], atol=1e-6) for k in audio)  # seed 5's, not the init's
+    assert not all(torch.equal(before[k], after[k]) for k in audio)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in audio)
+    assert ImageBindEncoder.from_pretrained(tmp_path / "run" / "encoder").config.audio_pad == "fbank"
+    with pytest.raises(ValueError, match="init"):
+        train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "bad", steps=1, fresh_towers=True)
+    with pytest.raises(ValueError, match="audio_pad"):
+        train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "bad", steps=1, init=str(start), audio_pad="loud")
+
+
 @pytest.mark.slow
 def test_tiny_decoder_training_smoke(toy_data, tmp_path):
     from anygpt.train.tiny_decoders import train_tiny_image_and_video
