@@ -30,6 +30,10 @@ ENC="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder -
 # Then its depth tower alone, from the exported encoder, against its frozen text tower (README, "Its
 # depth tower fine-tuned alone"): the other modalities' embeddings stay as they are.
 ENC_DEPTH="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder-depth --init anygpt:tiny/encoder --modalities depth --steps 300 --batch-size 32 --per-modality 1000 --seed 0"
+# Then its audio tower anew, on sounds padded with silence, told a sound's length only by the novel sounds
+# (README, "A sound's length, taught only by sounds that come at both lengths"). The shipped first run
+# predates silence padding (it padded as ImageBind's data.py does); this tower replaces its audio tower.
+ENC_AUDIO="anygpt train tiny-encoder --data $DATA/manifest.jsonl --out $RUNS/encoder-audio --init anygpt:tiny/encoder --modalities audio --audio-pad silence --fresh-towers --length-from-novel --steps 800 --batch-size 32 --per-modality 1000 --novel-audio 1500 --seed 0"
 VAE_STEPS=1500
 # The image and video UNets condition on the frozen MiniLM and train on cached latents (README); from
 # nothing the image run first trains the VAE (--init-vae none; the shipped image run reused the shipped
@@ -65,10 +69,13 @@ train_and_export() { # PART TRAINED_FOLDER COMMAND: train, then ship the part (o
     --data "$DATA" --command "$MAKE_DATA" --command "$3" >>"$LOGS/$1.log" 2>&1
 }
 
-train_encoder() { # the whole encoder, shipped; then its depth tower, shipped with both commands
+train_encoder() { # the whole encoder, shipped; then its depth tower and its audio tower, each shipped in turn
   train_and_export encoder "$RUNS/encoder/encoder" "$ENC" && run "$ENC_DEPTH" "$LOGS/encoder-depth.log" dev &&
     flock "$RUNS/.export.lock" $CLI train export-tiny encoder --source "$RUNS/encoder-depth/encoder" --data "$DATA" \
-      --command "$MAKE_DATA" --command "$ENC" --command "$ENC_DEPTH" >>"$LOGS/encoder-depth.log" 2>&1
+      --command "$MAKE_DATA" --command "$ENC" --command "$ENC_DEPTH" >>"$LOGS/encoder-depth.log" 2>&1 &&
+    run "$ENC_AUDIO" "$LOGS/encoder-audio.log" dev &&
+    flock "$RUNS/.export.lock" $CLI train export-tiny encoder --source "$RUNS/encoder-audio/encoder" --data "$DATA" \
+      --command "$MAKE_DATA" --command "$ENC" --command "$ENC_DEPTH" --command "$ENC_AUDIO" >>"$LOGS/encoder-audio.log" 2>&1
 }
 
 train_audio() { # each step of the chain in turn, then the last shipped with every command of it

@@ -38,6 +38,9 @@ Q3="anygpt train stage1 --data $DATA/dialogs.jsonl --init $RUNS/stage1x/model --
 # lengths and on requests whose reply repeats the request's words (README, "Replies that repeat the
 # request"); it reads the same cached states as P_POOL
 P_ECHO="anygpt train projectors --init $RUNS/stage1x2/model --out $RUNS/projectors-echo $COMMON --per-modality 1000 --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000 --heldout-fraction 0 --pooled-tokens 16 --novel-audio 600 --novel-kinds recipe --echo-audio 600"
+# Stage 1 once more, against the encoder whose new audio tower reads a sound's length (README, "The
+# new audio tower, read by the LLM"); only the input projector changes
+Q4="anygpt train stage1 --data $DATA/dialogs.jsonl --init $RUNS/projectors-echo/model --out $RUNS/stage1p --steps 300 --batch-size 8 --lr 5e-4 --seed 2 --novel-audio 600 --grey-clips 400 --cut-sounds 400"
 
 [ -f "$DATA/dialogs.jsonl" ] || ${MAKE_DATA/anygpt /$CLI }
 for cmd in "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1"; do ${cmd/anygpt /$CLI }; done
@@ -48,7 +51,8 @@ for cmd in "$Q2" "$Q3"; do ${cmd/anygpt /$CLI }; done
 mkdir -p "$RUNS/projectors-echo"
 cp -n "$RUNS/projectors-audio/states-audio.safetensors" "$RUNS/projectors-echo/"
 ${P_ECHO/anygpt /$CLI }
+${Q4/anygpt /$CLI }
 args=()
-for cmd in "$MAKE_DATA" "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1" "$P_POOL" "$Q2" "$Q3" "$P_ECHO"; do args+=(--command "$cmd"); done
-$CLI train export-tiny model --source "$RUNS/projectors-echo/model" --data "$DATA" "${args[@]}"
+for cmd in "$MAKE_DATA" "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1" "$P_POOL" "$Q2" "$Q3" "$P_ECHO" "$Q4"; do args+=(--command "$cmd"); done
+$CLI train export-tiny model --source "$RUNS/stage1p/model" --data "$DATA" "${args[@]}"
 $CLI eval --preset tiny --part llm --json

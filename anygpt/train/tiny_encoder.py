@@ -203,7 +203,7 @@ def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: i
     """Each modality's first `per_modality` examples, and the `extra` items (beyond that count).
     `length_from_extra`: the world's sounds are not told their length (their captions lose its words,
     their length view is skipped, value index -1); only the `extra` sounds, whose kinds come at
-    both lengths, teach it (README, "Length told only by sounds of both lengths")."""
+    both lengths, teach it (README, "A sound's length, taught only by sounds that come at both lengths")."""
     pools = {}
     for m in modalities:
         world = [e for e in examples if e["modality"] == m][:per_modality]
