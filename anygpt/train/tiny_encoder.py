@@ -315,7 +315,8 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                 seen = seen_changed.get(VIEW_CHANGES.get(m, {}).get(key), media)
                 told = y >= 0  # items not told this attribute (`length_from_extra`) sit out its view
                 if bool(told.any()):
-                    loss = loss + attribute_weight * contrastive_loss(seen[told], encoder("text", t[told]), y[told]) / len(views)
+                    view_loss = contrastive_loss(seen[told], encoder("text", t[told]), y[told])
+                    loss = loss + attribute_weight * view_loss / len(views)
             for key, xn in neutral.items():
                 phrases = encoder("text", pools[m].phrases[key])
                 loss = loss + neutral_weight * neutral_loss(encoder(m, xn), phrases) / len(views)
