@@ -73,7 +73,10 @@ CUT_SECONDS = (0.4, 0.95)
 
 def cut_short(x: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
     """Audio fbanks [N, clips, 1, mel, time] with the sound ended after `seconds` [N] (or sooner if it
-    is shorter); the rest becomes padding. Toy sounds are under 2.04 s, so the last frame is padding."""
+    is shorter); the rest becomes padding. Toy sounds are under 2.04 s, so the last frame is padding.
+    With silence padding (`audio_pad`) the last frame is data.py's padding still (a 2-s clip makes 198
+    of the 204 frames): the sound is taken to run to frame 198 and the cut ends in that level, not in
+    silence. The shipped audio tower was trained so (README, "Padding with silence")."""
     pad = x[..., -1:]
     padded = (x == pad).all(-2)  # [N, clips, 1, time]
     sound = x.shape[-1] - padded.flip(-1).int().cumprod(-1).sum(-1, keepdim=True)
