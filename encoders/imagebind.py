@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders._imagebind_import import BPE_PATH, ImageBindModel, SimpleTokenizer
 from encoders.errors import CheckpointError, MediaError
-from encoders.preprocess import PREPROCESSORS, InputLimits, Media, as_media
+from encoders.preprocess import AUDIO_PADS, PREPROCESSORS, InputLimits, Media, as_media
 
 MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
 # Our names -> ImageBind's ModalityType keys. A video is the vision branch fed with clips.
@@ -108,8 +108,8 @@ class ImageBindConfig:
         d = {k: v for k, v in d.items() if k in known}
         if "kernel_size" in d:
             d["kernel_size"] = tuple(d["kernel_size"])
-        if d.get("audio_pad", "fbank") not in ("fbank", "silence"):
-            raise CheckpointError(f"ImageBind config audio_pad must be 'fbank' or 'silence', got {d['audio_pad']!r}")
+        if d.get("audio_pad", "fbank") not in AUDIO_PADS:
+            raise CheckpointError(f"ImageBind config audio_pad must be one of {AUDIO_PADS}, got {d['audio_pad']!r}")
         return cls(**d)
 
 

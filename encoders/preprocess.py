@@ -449,6 +449,10 @@ def _melspec(clip: torch.Tensor, sample_rate: int, num_mel_bins: int, target_len
     return fbank.unsqueeze(0)
 
 
+# How a sound shorter than its clip is filled (`load_and_transform_audio`'s `pad`).
+AUDIO_PADS = ("fbank", "silence")
+
+
 def load_and_transform_audio(
     item: Any,
     limits: InputLimits | None = None,
@@ -469,8 +473,8 @@ def load_and_transform_audio(
     its padding look alike and its length cannot be seen. "silence" pads the waveform with zeros
     before the fbank, so the tail is Kaldi's floor, as real silence is (the tiny preset; README,
     "Padding with silence")."""
-    if pad not in ("fbank", "silence"):
-        raise ValueError(f"audio pad must be 'fbank' or 'silence', got {pad!r}")
+    if pad not in AUDIO_PADS:
+        raise ValueError(f"audio pad must be one of {AUDIO_PADS}, got {pad!r}")
     limits = limits or DEFAULT_LIMITS
     media = as_media(item, limits)
     with _reading(media, "audio"):

@@ -41,7 +41,7 @@ from anygpt.data.toyworld import DISPARITY, LABELS, novel_sounds
 from anygpt.train.loop import LoopSettings, console, train
 from encoders import ImageBindEncoder
 from encoders.imagebind import MODEL_KEYS
-from encoders.preprocess import DEPTH_MAX_DISPARITY, DEPTH_MEAN, DEPTH_STD
+from encoders.preprocess import AUDIO_PADS, DEPTH_MAX_DISPARITY, DEPTH_MEAN, DEPTH_STD
 
 MODALITIES = ("image", "audio", "video", "depth")
 
@@ -286,8 +286,8 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                 encoder.model.get_parameter(name).data.copy_(fresh.get_parameter(name))
             encoder.model.get_parameter(name).requires_grad_(True)
     if audio_pad is not None:  # how the audio tower's input is padded from now on (README, "Padding with silence")
-        if audio_pad not in ("fbank", "silence"):
-            raise ValueError(f"audio_pad must be 'fbank' or 'silence', got {audio_pad!r}")
+        if audio_pad not in AUDIO_PADS:
+            raise ValueError(f"audio_pad must be one of {AUDIO_PADS}, got {audio_pad!r}")
         encoder.config.audio_pad = audio_pad
     pools = build_pools(encoder, read_manifest(data, check_files=True), per_modality,
                         novel_sounds(novel_audio if "audio" in modalities else 0, seed, novel_kinds), modalities,
