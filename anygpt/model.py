@@ -50,6 +50,9 @@ class Turn:
     role: Literal["user", "assistant"]
     text: str
     media: list[tuple[str, Any]] = field(default_factory=list)
+    # training only: words of an assistant turn that are not learnt (their tokens' labels are -100),
+    # e.g. a world sound's length, which its kind gives away (README, "Reading lengths with the LoRA")
+    unlearnt: tuple[str, ...] = ()
 
 
 @dataclass
@@ -302,10 +305,19 @@ class AnyGPTModel(nn.Module):
         labels: list[int] = []
         done = ""
 
-        def add(text: str, learn: bool) -> None:
-            piece = self.tokenizer(text, add_special_tokens=False).input_ids
+        def add(text: str, learn: bool, unlearnt: tuple[str, ...] = ()) -> None:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(unlearnt))
+            piece = enc.input_ids
             ids.extend(piece)
-            labels.extend(piece if learn else [-100] * len(piece))
+            if not learn:
+                labels.extend([-100] * len(piece))
+                return
+            spans = [m.span() for w in unlearnt for m in re.finditer(rf"\b{re.escape(w)}\b", text)]
+            if not spans:
+                labels.extend(piece)
+                return
+            labels.extend(-100 if any(a < end and start < b for start, end in spans) else token
+                          for token, (a, b) in zip(piece, enc.offset_mapping))
 
         for k, turn in enumerate(turns):
             if turn.role != "assistant":
@@ -315,7 +327,7 @@ class AnyGPTModel(nn.Module):
             if not (prefix.startswith(done) and upto.startswith(prefix)):
                 raise ValueError("the chat template does not render a conversation as a prefix of its continuation")
             add(prefix[len(done):], False)
-            add(upto[len(prefix):], True)
+            add(upto[len(prefix):], True, turn.unlearnt)
             done = upto
         if turns[-1].role == "user":
             prompt = self.render(turns, add_generation_prompt=True)

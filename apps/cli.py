@@ -452,6 +452,11 @@ def _stage_command(stage: int):
                                                      "length, asked their kind.")] = 0,
         paint_clips: Annotated[int, typer.Option(help="Stage 1: also this many clips in colours the toy world "
                                                       "does not have, asked which way they move or described.")] = 0,
+        lora: Annotated[bool, typer.Option("--lora", help="Stage 1 on dialogs: train the LoRA too (text-only "
+                                                          "requests change: refit the output projectors after).")] = False,
+        length_from_novel: Annotated[bool, typer.Option("--length-from-novel", help="Stage 1 on dialogs: the "
+                                                        "length words of answers about the world's sounds are not "
+                                                        "learnt; only --novel-audio teaches length.")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -460,7 +465,8 @@ def _stage_command(stage: int):
                     grad_accum=grad_accum, seed=seed, max_steps=max_steps, save_every=save_every,
                     gradient_checkpointing=gradient_checkpointing, novel_audio=novel_audio,
                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
-                    cut_sounds=cut_sounds, paint_clips=paint_clips)
+                    cut_sounds=cut_sounds, paint_clips=paint_clips, lora=lora,
+                    length_from_novel=length_from_novel)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -11,6 +11,11 @@
    `cut_sounds` world sounds of the training split cut shorter than either length, asked their kind,
    so that a kind is read apart from the length it came with. `paint_clips` adds clips of the
    training split painted in colours the world does not have, asked their direction or described.
+   `lora` lets the LoRA train beside the input projector on those questions: a frozen LoRA keeps
+   writing the length each world kind had in training (README, "Reading lengths with the LoRA").
+   That changes the LLM's states for text-only requests too, so the output projectors are refit
+   after it. `length_from_novel` leaves the length words of answers about world sounds unlearnt, so
+   that only the novel sounds teach a length.
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
    projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
    decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
@@ -149,21 +154,26 @@ def paint_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
 CUT_SECONDS = (0.4, 0.95)
 
 
-def cut_sound_samples(n: int, folder: Path, seed: int) -> list[Sample]:
+def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False) -> list[Sample]:
     """n "what kind of sound is this?" questions about world sounds of the training split rendered
-    0.4-0.95 s long (`CUT_SECONDS`), answered with their kind alone. The sounds are written once to
-    `folder` (WAV) and reused when it is there."""
+    0.4-0.95 s long (`CUT_SECONDS`), answered with their kind alone, or with `say_length` as the
+    dialogs answer a kind, with the length the kind has in the training split ("It is a long pulsing
+    beeps."), that word not learnt (`unlearn_lengths`): an answer without a length word would teach
+    the LLM to drop the length of world sounds. The sounds are written once to `folder` (WAV) and
+    reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 6])
     questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "kind"]
     out = []
     for i in range(n):
         spec = tw.sample("audio", rng)
+        kind = f"{spec.labels()['length']} {spec.kind}" if say_length else spec.kind
         spec = dataclasses.replace(spec, duration=round(float(rng.uniform(*CUT_SECONDS)), 3))
         path = _write_once(folder / f"{i:05d}.wav", lambda tmp: tw.save_audio(tmp, tw.render(spec)))
-        answer = ANSWER["kind"][rng.integers(len(ANSWER["kind"]))].format(kind=spec.kind)
-        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
-                           Turn("assistant", answer)]))
+        answer = ANSWER["kind"][rng.integers(len(ANSWER["kind"]))].format(kind=kind)
+        sample = Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
+                         Turn("assistant", answer)])
+        out.append(unlearn_lengths(sample) if say_length else sample)
     return out
 
 
@@ -193,6 +203,19 @@ def stage3_samples(model: AnyGPTModel, dialogs: list[dict]) -> list[Sample]:
                 outputs += [(o["modality"], o["caption"]) for o in runs]
         out.append(Sample(turns, outputs))
     return out
+
+
+def unlearn_lengths(sample: Sample) -> Sample:
+    """The sample with the length words of its answers about attached sounds not learnt. In the world's
+    training split each kind comes at one length, so the length an answer says is given away by the
+    kind; learnt from those answers, the LLM writes a held-out long noise burst "short". Left out,
+    only the novel sounds (`novel_sound_samples`, every kind at both lengths) teach the length, read
+    from the sound, as the tiny encoder's `--length-from-novel` (README, "Reading lengths with the LoRA")."""
+    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
+        return sample
+    turns = [dataclasses.replace(t, unlearnt=tuple(tw.LENGTHS)) if t.role == "assistant" else t
+             for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
 
 
 def place_runs(model: AnyGPTModel, text: str, runs: list[dict]) -> str:
@@ -291,18 +314,25 @@ class StageLoss:
         return stage_loss(lm, align, self.align_weight), logs
 
 
-def _freeze_except(model: AnyGPTModel, stage: int) -> None:
-    """Which parameters each stage trains (and, for the signal rows, a hook that keeps the old rows)."""
+def _train_lora(model: AnyGPTModel) -> None:
+    for name, p in model.llm.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+
+
+def _freeze_except(model: AnyGPTModel, stage: int, lora: bool = False) -> None:
+    """Which parameters each stage trains (and, for the signal rows, a hook that keeps the old rows).
+    `lora`: stage 1 trains the LoRA too."""
     model.requires_grad_(False)
     if stage == 1:
         model.input_projector.requires_grad_(True)
+        if lora:
+            _train_lora(model)
         return
     model.output_projectors.requires_grad_(True)
     if stage == 3:
         model.input_projector.requires_grad_(True)
-        for name, p in model.llm.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
+        _train_lora(model)
     base = model.base_vocab
     for emb in {model.llm.get_input_embeddings(), model.llm.get_output_embeddings()} - {None}:
         emb.weight.requires_grad_(True)
@@ -316,7 +346,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 grad_accum: int = 1, mse_weight: float = 1.0, seed: int = 0, max_steps: int | None = None,
                 limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False,
                 novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
-                cut_sounds: int = 0, paint_clips: int = 0) -> dict:
+                cut_sounds: int = 0, paint_clips: int = 0, lora: bool = False,
+                length_from_novel: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -326,11 +357,17 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     (`novel_sound_samples`, written under out/novel-audio); `grey_clips` grey clips asked their
     direction (`grey_clip_samples`, under out/grey-clips); `cut_sounds` world sounds cut short asked
     their kind (`cut_sound_samples`, under out/cut-sounds); `paint_clips` clips in colours the world
-    lacks (`paint_clip_samples`, under out/paint-clips)."""
+    lacks (`paint_clip_samples`, under out/paint-clips). `lora` (stage 1 on dialogs, from a model
+    with a LoRA): the LoRA trains too. `length_from_novel` (stage 1 on dialogs): the length words
+    of the answers about the dialogs' sounds are not learnt (`unlearn_lengths`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or paint_clips) and stage != 1:
         raise ValueError("novel_audio, grey_clips, cut_sounds and paint_clips are for stage 1 (the input side)")
+    if length_from_novel and not (stage == 1 and is_dialogs(data)):
+        raise ValueError("length_from_novel is for stage 1 on dialogs")
+    if lora and stage != 1:
+        raise ValueError("lora is a stage-1 option (stage 3 always trains the LoRA)")
     out = Path(out)
     if init is not None:
         app = AnyGPT.from_pretrained(init)
@@ -342,6 +379,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         app = AnyGPT.from_config(config)
     else:
         raise ValueError("train_stage needs a config or an init folder")
+    if lora and not app.config.lora.enabled:
+        raise ValueError(f"--lora: {init or 'the config'} has no LoRA to train (run stage 3 first)")
     model = app.model
     rng = np.random.default_rng(seed)
     if stage == 3:
@@ -349,6 +388,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     elif stage == 1 and is_dialogs(data):
         samples = stage3_samples(model, [d for d in read_dialogs(data)
                                          if any(t.get("media") for t in d["turns"] if t["role"] == "user")])
+        if length_from_novel:
+            samples = [unlearn_lengths(s) for s in samples]
     else:
         examples = read_manifest(data, check_files=True)
         samples = stage1_samples(examples, rng) if stage == 1 else stage2_samples(model, examples, rng)
@@ -359,13 +400,13 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     if cut_sounds:
-        samples += cut_sound_samples(cut_sounds, out / "cut-sounds", seed)
+        samples += cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=length_from_novel)
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if not samples:
         raise ValueError(f"{data}: nothing to train stage {stage} on")
     console.print(f"stage {stage}: {len(samples)} samples")
-    _freeze_except(model, stage)
+    _freeze_except(model, stage, lora)
     loss = StageLoss(app, mse_weight if stage > 1 else 0.0)
 
     def batch_fn(step: int) -> list[Sample]:

@@ -39,6 +39,29 @@ def test_dialogs_render_with_signal_tokens_and_masked_labels(tiny, toy_data):
     assert not set(user_text) <= set(learned)
 
 
+def test_a_world_sounds_length_words_are_not_learnt_and_the_rest_is(tiny, toy_data, tmp_path):
+    """`unlearn_lengths`: the answer's length word gets label -100, every other token of the answer
+    keeps its label; a sample without a sound, or a novel sound's answer, is left whole."""
+    from anygpt.model import Turn
+    from anygpt.train.stages import Sample, unlearn_lengths
+
+    tok = tiny.model.tokenizer
+    sound = Sample([Turn("user", "describe this sound.", [("audio", "x.wav")]),
+                    Turn("assistant", "It is a long rising sweep, not a short one.")])
+    ids, labels = tokenize_sample(tiny.model, sound)
+    ids2, labels2 = tokenize_sample(tiny.model, unlearn_lengths(sound))
+    assert torch.equal(ids, ids2)
+    dropped = [tok.decode([i]).strip() for i, a, b in zip(ids.tolist(), labels, labels2) if a != -100 and b == -100]
+    assert dropped == ["long", "short"]
+    kept = [tok.decode([i]).strip() for i, b in zip(ids.tolist(), labels2) if b != -100]
+    assert "rising" in kept and "sweep" in kept and "It" in kept
+    picture = Sample([Turn("user", "what is drawn here?", [("image", "x.png")]), Turn("assistant", "A long red bar.")])
+    assert unlearn_lengths(picture) is picture
+    assert torch.equal(tokenize_sample(tiny.model, picture)[1], tokenize_sample(tiny.model, unlearn_lengths(picture))[1])
+    with pytest.raises(ValueError, match="stage 1 on dialogs"):
+        train_stage(1, toy_data / "manifest.jsonl", tmp_path / "run", init=tmp_path, length_from_novel=True)
+
+
 def test_request_dialogs_ask_for_the_caption_and_reply_before_the_signal_tokens(tiny, toy_data):
     """The refit's extra requests look like inference: the manifest caption asked for in a training
     wording, a reply naming the attributes, then the signal tokens; the caption is the target."""
@@ -652,6 +675,18 @@ def test_stage1_on_dialogs_trains_the_input_projector_alone_on_questions_about_m
     assert all(torch.equal(v, load_file(tmp_path / "s1" / "model" / lora)[k])
                for k, v in load_file(tmp_path / "s3" / "model" / lora).items())
 
+    # --lora: the LoRA trains beside the input projector; the signal rows and output projectors do not
+    train_stage(1, dialogs, tmp_path / "s1l", init=tmp_path / "s3" / "model", lora=True, **kwargs)
+    after = load_file(tmp_path / "s1l" / "model" / "anygpt.safetensors")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("input_projector.") for k in moved), moved
+    old, new = (load_file(tmp_path / run / "model" / lora) for run in ("s3", "s1l"))
+    assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
+    with pytest.raises(ValueError, match="no LoRA"):
+        train_stage(1, dialogs, tmp_path / "x", config=tiny_backbone_config, lora=True, **kwargs)
+    with pytest.raises(ValueError, match="stage-1 option"):
+        train_stage(3, dialogs, tmp_path / "x", init=tmp_path / "s3" / "model", lora=True, **kwargs)
+
 
 def test_stage1_extra_samples_read_length_and_direction_apart_from_kind_and_colour(tmp_path):
     """Novel sounds come at both lengths and say it; grey clips have no colour and say their direction.
@@ -755,3 +790,12 @@ def test_cut_sounds_are_shorter_than_either_length_and_answered_with_their_kind(
         assert not {"short", "long", "brief", "lengthy"} & set(s.turns[1].text.rstrip(".").split())
         assert probes.probe_audio(wave, rate)["length"] != "long"
     assert len({next(k for k in toyworld.AUDIO_KINDS if k in s.turns[1].text) for s in samples}) > 2
+    # say_length: the same sounds, answered with the length their kind has in the training split (so no
+    # answer names a held-out pair), that word not learnt
+    from anygpt.eval.benchmark import _labels_in
+
+    told = cut_sound_samples(8, tmp_path / "cut", seed=0, say_length=True)
+    for s, t in zip(samples, told):
+        assert s.turns[0].media == t.turns[0].media and t.turns[1].unlearnt == tuple(toyworld.LENGTHS)
+        labels = _labels_in(t.turns[1].text, "audio")
+        assert labels["kind"] in s.turns[1].text and (labels["kind"], labels["length"]) not in toyworld.HELDOUT["audio"]

@@ -295,6 +295,16 @@ def test_dialogs_say_a_sounds_length_and_never_ask_for_a_held_out_pair(tmp_path)
     assert described  # "describe this sound." answers "A long rising sweep." and is checked for both
     for d in described:
         assert _labels_in(d["turns"][1]["text"], "audio") == d["expect"]["answer"]
+    # asked its kind, a sound is answered with its length too ("It is a long noise burst."), and
+    # checked for the kind alone
+    truth = {Path(e["path"]).name: e["attributes"] for e in read_manifest(manifest)}
+    kinds = [d for d in dialogs if d["kind"] == "ask" and d["expect"].get("about") == "audio"
+             and "length" not in d["expect"]["answer"]]
+    assert kinds
+    for d in kinds:
+        labels = truth[Path(d["turns"][0]["media"][0]["path"]).name]
+        assert d["expect"]["answer"] == {"kind": labels["kind"]}
+        assert _labels_in(d["turns"][1]["text"], "audio") == {"kind": labels["kind"], "length": labels["length"]}
 
 
 def test_novel_line_kinds_sound_as_described():
