@@ -177,6 +177,8 @@ def toyworld(
     dialogs: Annotated[int, typer.Option(help="Also write this many instruction dialogs (dialogs.jsonl).")] = 0,
     two_outputs: Annotated[float, typer.Option(help="Share of the dialogs' requests for media that ask for "
                                                     "two items.")] = 0.2,
+    kinds_say_length: Annotated[bool, typer.Option("--kinds-say-length", help="Answer a question about a "
+                                                   "sound's kind with its length too (\"It is a long noise burst.\").")] = False,
 ) -> None:
     """Write a synthetic toy-world dataset (images, audio, video, depth + manifest.jsonl)."""
     from anygpt.data.dialogs import make_dialogs
@@ -191,7 +193,8 @@ def toyworld(
     if dialogs:
         if not 0 <= two_outputs <= 1:
             raise typer.BadParameter(f"--two-outputs is a share from 0 to 1, got {two_outputs}")
-        print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split, two_outputs=two_outputs)}")
+        print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split, two_outputs=two_outputs,
+                                    kinds_say_length=kinds_say_length)}")
 
 
 @_command(app, "eval")

@@ -116,14 +116,14 @@ def _make_target(rng: np.random.Generator, modality: str, split: str) -> dict[st
     return tw.sample(modality, rng, split).labels()
 
 
-def _ask(rng, modality, example, split):
+def _ask(rng, modality, example, split, kinds_say_length=False):
     question, attribute = _pick(rng, ASK[modality][split])
     labels = {k: v for k, v in example["attributes"].items() if k in tw.LABELS[modality]}
     if attribute == "all":
         answer = _describe(labels, modality).capitalize() + "."
         expected = {k: labels[k] for k in ("color", "shape", "kind", "length", "direction") if k in labels}
-    elif modality == "audio" and "length" in labels:
-        # a sound's kind is answered with its length ("It is a long noise burst."): answered with the
+    elif kinds_say_length and modality == "audio" and "length" in labels:
+        # a sound's kind answered with its length ("It is a long noise burst."): answered with the
         # kind alone, the LLM took a held-out "tell me about this recording." for a kind question and
         # dropped the length (README, "Reading lengths with the LoRA")
         answer = _pick(rng, ANSWER[attribute]).format(kind=_describe(labels, modality)[2:])
@@ -136,9 +136,10 @@ def _ask(rng, modality, example, split):
 
 
 def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str, list[dict]],
-                two_outputs: float = 0.2) -> dict:
+                two_outputs: float = 0.2, kinds_say_length: bool = False) -> dict:
     """One dialog of a kind; `pool` maps input modality -> manifest examples to attach; a "make"
-    dialog asks for two items with probability `two_outputs`, else one."""
+    dialog asks for two items with probability `two_outputs`, else one. `kinds_say_length`: a question
+    about a sound's kind is answered with its length too."""
     if kind == "chat":
         q, a = _pick(rng, CHAT[split])
         turns = [{"role": "user", "text": q, "media": []}, {"role": "assistant", "text": a, "outputs": []}]
@@ -146,7 +147,7 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
     if kind == "ask":
         modality = _pick(rng, [m for m in ASK if pool.get(m)])
         example = _pick(rng, pool[modality])
-        q, a, expected = _ask(rng, modality, example, split)
+        q, a, expected = _ask(rng, modality, example, split, kinds_say_length)
         turns = [{"role": "user", "text": q, "media": [{"modality": modality, "path": example["path"]}]},
                  {"role": "assistant", "text": a, "outputs": []}]
         return {"kind": kind, "turns": turns, "expect": {"outputs": [], "answer": expected, "about": modality}}
@@ -231,7 +232,8 @@ def echo_sound_requests(n: int, seed: int) -> list[dict]:
 
 
 def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train",
-                 mix: dict[str, float] | None = None, two_outputs: float = 0.2) -> Path:
+                 mix: dict[str, float] | None = None, two_outputs: float = 0.2,
+                 kinds_say_length: bool = False) -> Path:
     """Write `dialogs.jsonl` beside a toy-world manifest, attaching that dataset's files. `two_outputs`:
     the share of "make" requests that ask for two items (the eval's held-out dialogs keep 0.2)."""
     manifest = Path(manifest)
@@ -242,7 +244,7 @@ def make_dialogs(manifest: str | Path, n: int, *, seed: int, split: str = "train
     lines = []
     for i in range(n):
         rng = np.random.default_rng([seed, tw.SPLITS.index(split), i])
-        dialog = make_dialog(rng, kinds[rng.choice(len(kinds), p=p)], split, pool, two_outputs)
+        dialog = make_dialog(rng, kinds[rng.choice(len(kinds), p=p)], split, pool, two_outputs, kinds_say_length)
         for turn in dialog["turns"]:  # paths relative to the dialogs file, as in manifests
             for item in turn.get("media", []):
                 item["path"] = str(Path(item["path"]).relative_to(manifest.parent.resolve()))

@@ -295,16 +295,18 @@ def test_dialogs_say_a_sounds_length_and_never_ask_for_a_held_out_pair(tmp_path)
     assert described  # "describe this sound." answers "A long rising sweep." and is checked for both
     for d in described:
         assert _labels_in(d["turns"][1]["text"], "audio") == d["expect"]["answer"]
-    # asked its kind, a sound is answered with its length too ("It is a long noise burst."), and
-    # checked for the kind alone
+    # with kinds_say_length, asked its kind, a sound is answered with its length too ("It is a long
+    # noise burst."), and checked for the kind alone; everything else is as without
     truth = {Path(e["path"]).name: e["attributes"] for e in read_manifest(manifest)}
-    kinds = [d for d in dialogs if d["kind"] == "ask" and d["expect"].get("about") == "audio"
-             and "length" not in d["expect"]["answer"]]
-    assert kinds
-    for d in kinds:
+    told = read_dialogs(make_dialogs(manifest, 200, seed=0, mix={"make": 1.0, "ask": 1.0}, two_outputs=0.0,
+                                     kinds_say_length=True))
+    changed = [(d, t) for d, t in zip(dialogs, told) if d != t]
+    assert changed
+    for d, t in changed:
         labels = truth[Path(d["turns"][0]["media"][0]["path"]).name]
-        assert d["expect"]["answer"] == {"kind": labels["kind"]}
-        assert _labels_in(d["turns"][1]["text"], "audio") == {"kind": labels["kind"], "length": labels["length"]}
+        assert d["expect"] == t["expect"] and d["expect"]["answer"] == {"kind": labels["kind"]}
+        assert _labels_in(d["turns"][1]["text"], "audio") == {"kind": labels["kind"]}
+        assert _labels_in(t["turns"][1]["text"], "audio") == {"kind": labels["kind"], "length": labels["length"]}
 
 
 def test_novel_line_kinds_sound_as_described():
