@@ -193,8 +193,9 @@ def toyworld(
     if dialogs:
         if not 0 <= two_outputs <= 1:
             raise typer.BadParameter(f"--two-outputs is a share from 0 to 1, got {two_outputs}")
-        print(f"wrote {make_dialogs(manifest, dialogs, seed=seed, split=split, two_outputs=two_outputs,
-                                    kinds_say_length=kinds_say_length)}")
+        written = make_dialogs(manifest, dialogs, seed=seed, split=split, two_outputs=two_outputs,
+                               kinds_say_length=kinds_say_length)
+        print(f"wrote {written}")
 
 
 @_command(app, "eval")
