@@ -126,7 +126,7 @@ def _ask(rng, modality, example, split, kinds_say_length=False):
         # a sound's kind answered with its length ("It is a long noise burst."): answered with the
         # kind alone, the LLM took a held-out "tell me about this recording." for a kind question and
         # dropped the length (README, "Reading lengths with the LoRA")
-        answer = _pick(rng, ANSWER[attribute]).format(kind=_describe(labels, modality)[2:])
+        answer = _pick(rng, ANSWER[attribute]).format(kind=f"{labels['length']} {labels['kind']}")
         expected = {attribute: labels[attribute]}
     else:
         answer = _pick(rng, ANSWER[attribute]).format(**labels)
