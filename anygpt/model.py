@@ -55,6 +55,16 @@ class Turn:
     unlearnt: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class CaptionStandIn:
+    """Training only: a caption put where a media item goes, encoded by the encoder's text branch. The
+    encoder binds every modality to its text embeddings (as ImageBind does), so the reader can learn
+    from words what the toy world's media never show apart, e.g. a length with any kind of sound
+    (README, "Lengths and directions learnt from words")."""
+
+    text: str
+
+
 @dataclass
 class SignalRun:
     """One complete run of a modality's signal tokens in the reply: one artifact to make."""
@@ -344,13 +354,19 @@ class AnyGPTModel(nn.Module):
         return torch.tensor(self.tokenize_conversation(turns)[0])
 
     def encode_media(self, media: list[tuple[str, Any]]) -> torch.Tensor:
-        """Every media item -> one LLM-sized token embedding [N, H], in order. Items of a modality share a batch."""
+        """Every media item -> one LLM-sized token embedding [N, H], in order. Items of a modality share a
+        batch; `CaptionStandIn` items go through the encoder's text branch together."""
         weight = self.input_projector.proj.weight
         out = torch.empty(len(media), self.input_projector.proj.out_features, device=weight.device)
         for modality in dict.fromkeys(m for m, _ in media):
-            index = [i for i, (m, _) in enumerate(media) if m == modality]
-            emb = self.encoder.encode(modality, [media[i][1] for i in index])
-            out[index] = self.input_projector(emb.to(weight)).float()
+            index = [i for i, (m, x) in enumerate(media) if m == modality and not isinstance(x, CaptionStandIn)]
+            if index:
+                emb = self.encoder.encode(modality, [media[i][1] for i in index])
+                out[index] = self.input_projector(emb.to(weight)).float()
+        words = [i for i, (_, x) in enumerate(media) if isinstance(x, CaptionStandIn)]
+        if words:
+            emb = self.encoder.encode_text([media[i][1].text for i in words])
+            out[words] = self.input_projector(emb.to(weight)).float()
         return out
 
     def prepare_inputs_labels(self, conversations: Sequence[Conversation | Sequence[Turn]]) -> MultimodalBatch:

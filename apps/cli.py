@@ -446,21 +446,27 @@ def _stage_command(stage: int):
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).")] = 50,
         gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute the LLM's activations in the "
                                                                    "backward pass (memory for time).")] = False,
-        novel_audio: Annotated[int, typer.Option(help="Stage 1: also this many sounds of kinds the toy world does "
+        novel_audio: Annotated[int, typer.Option(help="Stages 1, 3: also this many sounds of kinds the toy world does "
                                                       "not have (--novel-kinds), at both lengths, described.")] = 0,
         novel_kinds: Annotated[str, typer.Option(help="Their kinds, comma-separated, or recipe (see tiny-encoder --help).")
                                ] = "chord,bell,organ note",
-        grey_clips: Annotated[int, typer.Option(help="Stage 1: also this many grey clips, asked which way they "
+        grey_clips: Annotated[int, typer.Option(help="Stages 1, 3: also this many grey clips, asked which way they "
                                                      "move.")] = 0,
-        cut_sounds: Annotated[int, typer.Option(help="Stage 1: also this many world sounds cut shorter than either "
+        cut_sounds: Annotated[int, typer.Option(help="Stages 1, 3: also this many world sounds cut shorter than either "
                                                      "length, asked their kind.")] = 0,
-        paint_clips: Annotated[int, typer.Option(help="Stage 1: also this many clips in colours the toy world "
+        paint_clips: Annotated[int, typer.Option(help="Stages 1, 3: also this many clips in colours the toy world "
                                                       "does not have, asked which way they move or described.")] = 0,
         lora: Annotated[bool, typer.Option("--lora", help="Stage 1 on dialogs: train the LoRA too (text-only "
                                                           "requests change: refit the output projectors after).")] = False,
-        length_from_novel: Annotated[bool, typer.Option("--length-from-novel", help="Stage 1 on dialogs: the "
-                                                        "length words of answers about the world's sounds are not "
-                                                        "learnt; only --novel-audio teaches length.")] = False,
+        length_from_novel: Annotated[bool, typer.Option("--length-from-novel", help="Stage 1 on dialogs, or "
+                                                        "stage 3: the length words of answers about the world's "
+                                                        "sounds are not learnt; only the novel sounds and captions "
+                                                        "teach length.")] = False,
+        caption_sounds: Annotated[int, typer.Option(help="Stages 1, 3: also this many captions of sounds the toy "
+                                                         "world does not have, at both lengths, read by the "
+                                                         "encoder's text branch in place of a sound.")] = 0,
+        caption_clips: Annotated[int, typer.Option(help="Stages 1, 3: also this many captions of clips in colours "
+                                                        "the toy world does not have, in place of a clip.")] = 0,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -470,7 +476,8 @@ def _stage_command(stage: int):
                     gradient_checkpointing=gradient_checkpointing, novel_audio=novel_audio,
                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
                     cut_sounds=cut_sounds, paint_clips=paint_clips, lora=lora,
-                    length_from_novel=length_from_novel)
+                    length_from_novel=length_from_novel, caption_sounds=caption_sounds,
+                    caption_clips=caption_clips)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -46,7 +46,7 @@ from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
 from anygpt.data import toyworld as tw
 from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, read_dialogs
 from anygpt.data.manifest import read_manifest
-from anygpt.model import AnyGPTModel, AnyGPTOutput, Turn
+from anygpt.model import AnyGPTModel, AnyGPTOutput, CaptionStandIn, Turn
 from anygpt.pipeline import AnyGPT
 from anygpt.train.alignment import alignment_loss, caption_mask
 from anygpt.train.loop import LoopSettings, console, gather_rows, is_main_process, mean_over_processes, train
@@ -175,6 +175,57 @@ def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False)
                          Turn("assistant", answer)])
         out.append(unlearn_lengths(sample) if say_length else sample)
     return out
+
+
+# Words for `caption_samples`: sounds and colours the toy world does not have (no world kind or colour
+# is among them, nor any word of one), so that no caption names a held-out pair of the world.
+CAPTION_SOUNDS = ("whistle", "hum", "buzz", "chime", "drumbeat", "click", "roar", "hiss", "rattle", "gong",
+                  "horn", "flute", "violin", "engine", "wind", "rain", "thunder", "birdsong", "bark", "meow",
+                  "clap", "knock", "doorbell", "chirp", "growl", "squeak", "splash", "drip", "murmur", "howl",
+                  "purr", "snap", "trumpet", "whisper", "cough", "laugh", "applause", "footstep", "alarm",
+                  "heartbeat", "tick", "creak", "thud", "pop", "sigh", "scream", "whoosh", "clang", "jingle",
+                  "rustle", "gurgle", "sneeze", "cheer", "song", "melody", "fanfare", "buzzer", "siren",
+                  "bell", "chord", "drone", "rumble", "sizzle", "crackle")
+CAPTION_COLOURS = ("pink", "white", "brown", "cyan", "grey", "black", "gold", "silver", "teal", "maroon",
+                   "beige", "navy", "lime", "olive", "crimson", "turquoise")
+_SOUND_CAPTIONS = ("a {length} {kind}", "the {length} sound of a {kind}", "a {kind} that is {length}",
+                   "a {length} {kind} sound", "{length} {kind}")
+_CLIP_CAPTIONS = ("a {color} {shape} moving {direction}", "a {color} {shape} that moves {direction}",
+                  "a {shape} in {color} going {direction}")
+
+
+def caption_samples(modality: str, n: int, seed: int) -> list[Sample]:
+    """n questions about captions in place of sounds or clips (`CaptionStandIn`, read by the encoder's
+    text branch): "a short whistle" asked about as a sound, "a pink circle moving up" as a clip. In the
+    world's training split a sound's kind gives its length away and a clip's colour rules out one
+    direction; words come with every length and direction whatever the kind or colour
+    (`CAPTION_SOUNDS`, `CAPTION_COLOURS`). The words of the kind or colour are not learnt: they teach
+    the length or direction alone, and the LLM does not take to naming world sounds "whistle"."""
+    if modality not in ("audio", "video"):
+        raise ValueError(f"caption samples are sounds (audio) or clips (video), got {modality!r}")
+    rng = np.random.default_rng([seed, 8 if modality == "audio" else 9])
+    out = []
+    for _ in range(n):
+        if modality == "audio":
+            labels = {"kind": _pick(rng, CAPTION_SOUNDS), "length": _pick(rng, tuple(tw.LENGTHS))}
+            question, attribute = _pick(rng, ASK["audio"]["train"])
+            answer = (f"A {labels['length']} {labels['kind']}." if attribute == "all" else
+                      _pick(rng, ANSWER["kind"]).format(kind=f"{labels['length']} {labels['kind']}"))
+            caption, unlearnt = _pick(rng, _SOUND_CAPTIONS).format(**labels), (labels["kind"],)
+        else:
+            labels = {"color": _pick(rng, CAPTION_COLOURS), "shape": _pick(rng, tw.SHAPES),
+                      "direction": _pick(rng, tw.DIRECTIONS)}
+            question, attribute = _pick(rng, [qa for qa in ASK["video"]["train"] if qa[1] != "color"])
+            answer = ("A {color} {shape} moving {direction}." if attribute == "all" else
+                      _pick(rng, ANSWER["direction"])).format(**labels)
+            caption, unlearnt = _pick(rng, _CLIP_CAPTIONS).format(**labels), (labels["color"],)
+        out.append(Sample([Turn("user", question, [(modality, CaptionStandIn(caption))]),
+                           Turn("assistant", answer, unlearnt=unlearnt)]))
+    return out
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[rng.integers(len(options))]
 
 
 def stage2_samples(model: AnyGPTModel, examples: list[dict], rng: np.random.Generator) -> list[Sample]:
@@ -347,25 +398,28 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False,
                 novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
                 cut_sounds: int = 0, paint_clips: int = 0, lora: bool = False,
-                length_from_novel: bool = False) -> dict:
+                length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
     its share of every batch (the same examples per step as one process). `gradient_checkpointing`
     recomputes the LLM's activations in the backward pass (memory for time, for large backbones).
-    `novel_audio` (stage 1): that many sounds of `novel_kinds`, at both lengths, join the samples
-    (`novel_sound_samples`, written under out/novel-audio); `grey_clips` grey clips asked their
-    direction (`grey_clip_samples`, under out/grey-clips); `cut_sounds` world sounds cut short asked
-    their kind (`cut_sound_samples`, under out/cut-sounds); `paint_clips` clips in colours the world
-    lacks (`paint_clip_samples`, under out/paint-clips). `lora` (stage 1 on dialogs, from a model
-    with a LoRA): the LoRA trains too. `length_from_novel` (stage 1 on dialogs): the length words
-    of the answers about the dialogs' sounds are not learnt (`unlearn_lengths`)."""
+    Questions about media the world lacks join the samples of stages 1 and 3 (the stages that read
+    media): `novel_audio` sounds of `novel_kinds`, at both lengths (`novel_sound_samples`, written
+    under out/novel-audio); `grey_clips` grey clips asked their direction (`grey_clip_samples`, under
+    out/grey-clips); `cut_sounds` world sounds cut short asked their kind (`cut_sound_samples`, under
+    out/cut-sounds); `paint_clips` clips in colours the world lacks (`paint_clip_samples`, under
+    out/paint-clips); `caption_sounds` and `caption_clips` captions in place of sounds and clips
+    (`caption_samples`). `lora` (stage 1 on dialogs, from a model with a LoRA): the LoRA trains too.
+    `length_from_novel` (stage 1 on dialogs, or stage 3): the length words of the answers about the
+    dialogs' sounds are not learnt (`unlearn_lengths`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
-    if (novel_audio or grey_clips or cut_sounds or paint_clips) and stage != 1:
-        raise ValueError("novel_audio, grey_clips, cut_sounds and paint_clips are for stage 1 (the input side)")
-    if length_from_novel and not (stage == 1 and is_dialogs(data)):
-        raise ValueError("length_from_novel is for stage 1 on dialogs")
+    if (novel_audio or grey_clips or cut_sounds or paint_clips or caption_sounds or caption_clips) and stage == 2:
+        raise ValueError("novel_audio, grey_clips, cut_sounds, paint_clips, caption_sounds and caption_clips "
+                         "are for stages 1 and 3 (the stages that read media)")
+    if length_from_novel and not (stage == 3 or (stage == 1 and is_dialogs(data))):
+        raise ValueError("length_from_novel is for stage 1 on dialogs, or stage 3")
     if lora and stage != 1:
         raise ValueError("lora is a stage-1 option (stage 3 always trains the LoRA)")
     out = Path(out)
@@ -388,11 +442,11 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     elif stage == 1 and is_dialogs(data):
         samples = stage3_samples(model, [d for d in read_dialogs(data)
                                          if any(t.get("media") for t in d["turns"] if t["role"] == "user")])
-        if length_from_novel:
-            samples = [unlearn_lengths(s) for s in samples]
     else:
         examples = read_manifest(data, check_files=True)
         samples = stage1_samples(examples, rng) if stage == 1 else stage2_samples(model, examples, rng)
+    if length_from_novel:
+        samples = [unlearn_lengths(s) for s in samples]
     if limit:
         samples = samples[:limit]
     if novel_audio:
@@ -403,6 +457,10 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples += cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=length_from_novel)
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
+    if caption_sounds:
+        samples += caption_samples("audio", caption_sounds, seed)
+    if caption_clips:
+        samples += caption_samples("video", caption_clips, seed)
     if not samples:
         raise ValueError(f"{data}: nothing to train stage {stage} on")
     console.print(f"stage {stage}: {len(samples)} samples")

@@ -715,7 +715,7 @@ def test_stage1_extra_samples_read_length_and_direction_apart_from_kind_and_colo
     stamp = (tmp_path / "clips" / "00000.mp4").stat().st_mtime_ns
     grey_clip_samples(12, tmp_path / "clips", seed=0)
     assert (tmp_path / "clips" / "00000.mp4").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="stage 1"):
+    with pytest.raises(ValueError, match="stages 1 and 3"):
         train_stage(2, tmp_path / "none.jsonl", tmp_path / "run", init=tmp_path, grey_clips=2)
 
 
@@ -741,8 +741,55 @@ def test_painted_clips_have_a_colour_the_world_lacks_and_are_answered_with_it_an
     for c in described:
         colour, shape, _, direction = c.turns[1].text.rstrip(".").split()[1:]
         assert colour in PAINT_COLOURS and shape in toyworld.SHAPES and direction in toyworld.DIRECTIONS
-    with pytest.raises(ValueError, match="stage 1"):
-        train_stage(3, tmp_path / "none.jsonl", tmp_path / "run", init=tmp_path, paint_clips=2)
+    with pytest.raises(ValueError, match="stages 1 and 3"):
+        train_stage(2, tmp_path / "none.jsonl", tmp_path / "run", init=tmp_path, paint_clips=2)
+
+
+def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direction(
+        tiny, tiny_backbone_config, toy_data, tmp_path):
+    """A caption in place of a sound or clip is read by the encoder's text branch through the same input
+    projector; its answer learns the length or direction, not the kind or colour it names, and no
+    caption names a world kind or colour (so none is a held-out pair)."""
+    from anygpt.model import CaptionStandIn
+    from anygpt.train.stages import CAPTION_COLOURS, CAPTION_SOUNDS, caption_samples
+
+    assert not {w for k in CAPTION_SOUNDS for w in k.split()} & {w for k in toyworld.AUDIO_KINDS for w in k.split()}
+    assert not set(CAPTION_COLOURS) & set(toyworld.COLORS)
+    tok = tiny.model.tokenizer
+    sounds, clips = caption_samples("audio", 40, seed=0), caption_samples("video", 40, seed=0)
+    lengths, directions = set(), set()
+    for s in sounds + clips:
+        (modality, item), = s.turns[0].media
+        assert isinstance(item, CaptionStandIn)
+        ids, labels = tokenize_sample(tiny.model, s)
+        learnt = tok.decode([t for t in labels.tolist() if t != -100])
+        named = s.turns[1].unlearnt[0]
+        assert named in item.text and named not in learnt
+        if modality == "audio":
+            length, = [w for w in toyworld.LENGTHS if w in item.text]
+            assert length in learnt
+            lengths.add(length)
+        else:
+            direction, = [w for w in toyworld.DIRECTIONS if item.text.endswith(w)]
+            assert learnt.rstrip().removesuffix("<|im_end|>").rstrip(".").endswith(direction)
+            directions.add(direction)
+    assert lengths == set(toyworld.LENGTHS) and directions == set(toyworld.DIRECTIONS)
+    assert all(s.turns[1].unlearnt[0] in s.turns[1].text for s in sounds)
+    assert any(c.turns[1].unlearnt[0] in c.turns[1].text for c in clips)  # the described ones
+    # the encoder's text embedding through the input projector, next to an image's own embedding
+    image = toy_data / "images" / sorted(p.name for p in (toy_data / "images").iterdir())[0]
+    media = [("image", str(image)), ("audio", CaptionStandIn("a short whistle"))]
+    got = tiny.model.encode_media(media)
+    proj = tiny.model.input_projector
+    with torch.no_grad():
+        assert torch.allclose(got[1], proj(tiny.model.encoder.encode_text(["a short whistle"]))[0].float(), atol=1e-5)
+        assert torch.allclose(got[0], proj(tiny.model.encoder.encode("image", [str(image)]))[0].float(), atol=1e-5)
+    with pytest.raises(ValueError, match="sounds .audio. or clips"):
+        caption_samples("image", 2, seed=0)
+    # stage 3 takes them, and the world sounds' lengths unlearnt
+    summary = train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "s3", config=tiny_backbone_config, steps=2,
+                          batch_size=2, seed=0, caption_sounds=3, caption_clips=3, length_from_novel=True)
+    assert summary["steps"] == 2 and (tmp_path / "s3" / "model" / "anygpt.safetensors").exists()
 
 
 def test_requests_for_novel_sounds_name_kind_and_length_in_request_reply_and_target():
