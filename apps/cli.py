@@ -467,6 +467,8 @@ def _stage_command(stage: int):
                                                          "encoder's text branch in place of a sound.")] = 0,
         caption_clips: Annotated[int, typer.Option(help="Stages 1, 3: also this many captions of clips in colours "
                                                         "the toy world does not have, in place of a clip.")] = 0,
+        fresh_lora: Annotated[bool, typer.Option("--fresh-lora", help="Stage 3 from --init: start the LoRA anew, "
+                                                               "keeping the projectors and signal rows.")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -477,7 +479,7 @@ def _stage_command(stage: int):
                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
                     cut_sounds=cut_sounds, paint_clips=paint_clips, lora=lora,
                     length_from_novel=length_from_novel, caption_sounds=caption_sounds,
-                    caption_clips=caption_clips)
+                    caption_clips=caption_clips, fresh_lora=fresh_lora)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

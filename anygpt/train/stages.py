@@ -16,6 +16,9 @@
    text-only requests too; trained on the questions alone it routed 75% of held-out requests
    (README, "Reading lengths with the LoRA"). `length_from_novel` leaves the length words of
    answers about world sounds unlearnt, so that only the novel sounds teach a length.
+   `caption_sounds` and `caption_clips` put captions where the sound or clip goes (the encoder's
+   text branch reads them): words come with every length and direction (README, "Lengths and
+   directions learnt from words"). All of these extra samples join stage 3 as well.
 2. decoder-side alignment: caption -> signal tokens. Trains the signal-token rows and the output
    projectors: LM loss on the signal tokens, plus the alignment between the projector output and the
    decoder's own text encoding of the caption (masked MSE + InfoNCE, anygpt/train/alignment.py).
@@ -398,7 +401,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 limit: int | None = None, save_every: int = 50, gradient_checkpointing: bool = False,
                 novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
                 cut_sounds: int = 0, paint_clips: int = 0, lora: bool = False,
-                length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0) -> dict:
+                length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
+                fresh_lora: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -412,7 +416,9 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     out/paint-clips); `caption_sounds` and `caption_clips` captions in place of sounds and clips
     (`caption_samples`). `lora` (stage 1 on dialogs, from a model with a LoRA): the LoRA trains too.
     `length_from_novel` (stage 1 on dialogs, or stage 3): the length words of the answers about the
-    dialogs' sounds are not learnt (`unlearn_lengths`)."""
+    dialogs' sounds are not learnt (`unlearn_lengths`). `fresh_lora` (stage 3): the LoRA starts anew
+    (the projectors and signal rows are kept), so what an earlier LoRA learnt (e.g. each world kind's
+    training length) does not carry over."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or paint_clips or caption_sounds or caption_clips) and stage == 2:
@@ -420,12 +426,14 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                          "are for stages 1 and 3 (the stages that read media)")
     if length_from_novel and not (stage == 3 or (stage == 1 and is_dialogs(data))):
         raise ValueError("length_from_novel is for stage 1 on dialogs, or stage 3")
+    if fresh_lora and stage != 3:
+        raise ValueError("fresh_lora is a stage-3 option (stage 3 trains the LoRA)")
     if lora and stage != 1:
         raise ValueError("lora is a stage-1 option (stage 3 always trains the LoRA)")
     out = Path(out)
     if init is not None:
         app = AnyGPT.from_pretrained(init)
-        if stage == 3 and not app.config.lora.enabled:
+        if stage == 3 and (fresh_lora or not app.config.lora.enabled):
             app = _with_lora(app)
     elif config is not None:
         if stage == 3:

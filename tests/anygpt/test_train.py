@@ -790,6 +790,17 @@ def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direct
     summary = train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "s3", config=tiny_backbone_config, steps=2,
                           batch_size=2, seed=0, caption_sounds=3, caption_clips=3, length_from_novel=True)
     assert summary["steps"] == 2 and (tmp_path / "s3" / "model" / "anygpt.safetensors").exists()
+    # --fresh-lora: the LoRA starts anew (peft's B is zero), the projectors carry over
+    train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "s3f", init=tmp_path / "s3" / "model", steps=1,
+                batch_size=2, lr=1e-12, seed=0, fresh_lora=True)
+    lora = "lora/adapter_model.safetensors"
+    old, new = (load_file(tmp_path / run / "model" / lora) for run in ("s3", "s3f"))
+    b = [k for k in old if "lora_B" in k]
+    assert b and max(old[k].abs().max() for k in b) > 1e-4 and max(new[k].abs().max() for k in b) < 1e-6
+    before, after = (load_file(tmp_path / run / "model" / "anygpt.safetensors") for run in ("s3", "s3f"))
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
+    with pytest.raises(ValueError, match="stage-3 option"):
+        train_stage(1, toy_data / "dialogs.jsonl", tmp_path / "x", init=tmp_path / "s3" / "model", fresh_lora=True)
 
 
 def test_requests_for_novel_sounds_name_kind_and_length_in_request_reply_and_target():
