@@ -53,6 +53,10 @@ class Turn:
     # training only: words of an assistant turn that are not learnt (their tokens' labels are -100),
     # e.g. a world sound's length, which its kind gives away (README, "Reading lengths with the LoRA")
     unlearnt: tuple[str, ...] = ()
+    # training only: (word, other) pairs whose word is learnt as a soft target, `HEDGE` of it on the
+    # other word's token: a sure answer pushes its logit without bound, and for a world sound that
+    # push goes to the kind (README, "Lengths and directions learnt from words")
+    hedged: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class CaptionStandIn:
     (README, "Lengths and directions learnt from words")."""
 
     text: str
+
+
+HEDGE = 0.1  # the weight a hedged word's target puts on its other word (`Turn.hedged`)
 
 
 @dataclass
@@ -110,6 +117,7 @@ class MultimodalBatch:
     labels: torch.Tensor
     ids: list[list[int]]
     prompt_lengths: list[int]
+    others: torch.Tensor | None = None  # [B, L]: a hedged word's other token where `labels` has it, else -100
 
 
 @dataclass
@@ -305,29 +313,50 @@ class AnyGPTModel(nn.Module):
     # -- 2. conversations -> the LLM's inputs and labels (the one place media meet the text) -----
     def tokenize_conversation(self, turns: Sequence[Turn], reply: Sequence[int] | None = None
                               ) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a conversation; see `tokenize_hedged`."""
+        return self.tokenize_hedged(turns, reply)[:2]
+
+    def tokenize_hedged(self, turns: Sequence[Turn], reply: Sequence[int] | None = None
+                        ) -> tuple[list[int], list[int], list[int]]:
         """Token ids and labels of a conversation (placeholders included). Each assistant turn is
         tokenized apart from what precedes it and learnt (its words, signal tokens and end of turn);
         everything else is -100. A conversation ending with the user's turn ends with the generation
-        prompt (what `generate` continues), then `reply` (learnt) when given."""
+        prompt (what `generate` continues), then `reply` (learnt) when given. The third list holds, at
+        the one token of each hedged word (`Turn.hedged`), the token of its other word, else -100."""
         if not turns:
             raise InputError("a conversation needs at least one turn")
         ids: list[int] = []
         labels: list[int] = []
+        others: list[int] = []
         done = ""
 
-        def add(text: str, learn: bool, unlearnt: tuple[str, ...] = ()) -> None:
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(unlearnt))
+        def spans(words, text):
+            return [(m.span(), w) for w in words for m in re.finditer(rf"\b{re.escape(w)}\b", text)]
+
+        def other_token(token: int, word: str, other: str) -> int:
+            swapped = self.tokenizer(self.tokenizer.decode([token]).replace(word, other),
+                                     add_special_tokens=False).input_ids
+            return swapped[0] if len(swapped) == 1 else -100
+
+        def add(text: str, learn: bool, unlearnt: tuple[str, ...] = (), hedged=()) -> None:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(unlearnt or hedged))
             piece = enc.input_ids
             ids.extend(piece)
+            others.extend([-100] * len(piece))
             if not learn:
                 labels.extend([-100] * len(piece))
                 return
-            spans = [m.span() for w in unlearnt for m in re.finditer(rf"\b{re.escape(w)}\b", text)]
-            if not spans:
+            drop, hedge = spans(unlearnt, text), spans(dict(hedged), text)
+            if not drop and not hedge:
                 labels.extend(piece)
                 return
-            labels.extend(-100 if any(a < end and start < b for start, end in spans) else token
+            start = len(labels)
+            labels.extend(-100 if any(a < end and s < b for (s, end), _ in drop) else token
                           for token, (a, b) in zip(piece, enc.offset_mapping))
+            for (s, end), word in hedge:
+                inside = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and s < b]
+                if len(inside) == 1 and labels[start + inside[0]] != -100:  # a word of one token
+                    others[start + inside[0]] = other_token(piece[inside[0]], word, dict(hedged)[word])
 
         for k, turn in enumerate(turns):
             if turn.role != "assistant":
@@ -337,7 +366,7 @@ class AnyGPTModel(nn.Module):
             if not (prefix.startswith(done) and upto.startswith(prefix)):
                 raise ValueError("the chat template does not render a conversation as a prefix of its continuation")
             add(prefix[len(done):], False)
-            add(upto[len(prefix):], True, turn.unlearnt)
+            add(upto[len(prefix):], True, turn.unlearnt, turn.hedged)
             done = upto
         if turns[-1].role == "user":
             prompt = self.render(turns, add_generation_prompt=True)
@@ -345,9 +374,10 @@ class AnyGPTModel(nn.Module):
             if reply is not None:
                 ids.extend(reply)
                 labels.extend(reply)
+                others.extend([-100] * len(reply))
         elif reply is not None:
             raise ValueError("a reply follows a conversation that ends with the user's turn")
-        return ids, labels
+        return ids, labels, others
 
     def tokenize(self, turns: Sequence[Turn]) -> torch.Tensor:
         """The conversation as token ids [L] (placeholders included), as `prepare_inputs_labels` reads it."""
@@ -378,7 +408,8 @@ class AnyGPTModel(nn.Module):
         convs = [c if isinstance(c, Conversation) else Conversation(list(c)) for c in conversations]
         if not convs:
             raise ValueError("prepare_inputs_labels needs at least one conversation")
-        rows = [self.tokenize_conversation(c.turns, c.reply) for c in convs]
+        hedged = [self.tokenize_hedged(c.turns, c.reply) for c in convs]
+        rows = [(ids, lab) for ids, lab, _ in hedged]
         media = [item for c in convs for t in c.turns for item in t.media]
         embed = self.llm.get_input_embeddings()
         device = embed.weight.device
@@ -388,8 +419,10 @@ class AnyGPTModel(nn.Module):
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
         labels = torch.full((len(rows), length), -100, dtype=torch.long)
         mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for b, (ids, lab) in enumerate(rows):
+        others = torch.full((len(rows), length), -100, dtype=torch.long)
+        for b, (ids, lab, alt) in enumerate(hedged):
             input_ids[b, :len(ids)], labels[b, :len(ids)], mask[b, :len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
+            others[b, :len(ids)] = torch.tensor(alt)
         input_ids, labels, mask = input_ids.to(device), labels.to(device), mask.to(device)
         slots = (input_ids == self.media_token_id) & mask.bool()
         for b, c in enumerate(convs):
@@ -400,7 +433,8 @@ class AnyGPTModel(nn.Module):
         if media:  # row-major order of the slots is the order of the conversations' media
             inputs_embeds = inputs_embeds.index_put(tuple(slots.nonzero().T), self.encode_media(media).to(inputs_embeds))
         prompt_lengths = [len(ids) - (len(c.reply) if c.reply is not None else 0) for c, (ids, _) in zip(convs, rows)]
-        return MultimodalBatch(input_ids, inputs_embeds, mask, labels, [ids for ids, _ in rows], prompt_lengths)
+        return MultimodalBatch(input_ids, inputs_embeds, mask, labels, [ids for ids, _ in rows], prompt_lengths,
+                               others.to(device) if bool((others != -100).any()) else None)
 
     def forward(self, conversations: Sequence[Conversation | Sequence[Turn]], *, project: bool = True) -> AnyGPTOutput:
         """The model's one forward pass, for training and for inference's states alike: the batch's
@@ -414,8 +448,16 @@ class AnyGPTModel(nn.Module):
                        output_hidden_states=want_states, use_cache=False)
         targets = batch.labels[:, 1:]
         label_count = int((targets != -100).sum())
-        loss_sum = F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100,
-                                   reduction="sum")
+        logits = out.logits[:, :-1].float().flatten(0, 1)
+        if batch.others is None:
+            loss_sum = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum")
+        else:  # a hedged word's target: 1 - HEDGE on its own token, HEDGE on its other word's
+            loss = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="none")
+            others = batch.others[:, 1:].flatten()
+            hedged = others != -100
+            other = F.cross_entropy(logits[hedged], others[hedged], reduction="none")
+            loss = loss.index_put((hedged.nonzero()[:, 0],), (1 - HEDGE) * loss[hedged] + HEDGE * other)
+            loss_sum = loss.sum()
         states: list[list[torch.Tensor]] = [[] for _ in runs]
         conditionings: list[list[torch.Tensor]] = [[] for _ in runs]
         if want_states:

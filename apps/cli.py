@@ -221,7 +221,8 @@ def evaluate(
 
     cfg = _config(preset, config)
     if part == "encoder":
-        results = benchmark.eval_encoder(build_encoder(cfg.encoder), n=n)
+        encoder = build_encoder(cfg.encoder)
+        results = benchmark.eval_encoder(encoder, n=n) | benchmark.read_from_words(encoder, n=n)
     elif part == "decoders":
         results = {}
         for m in OUTPUT_MODALITIES:
@@ -469,6 +470,8 @@ def _stage_command(stage: int):
                                                         "the toy world does not have, in place of a clip.")] = 0,
         fresh_lora: Annotated[bool, typer.Option("--fresh-lora", help="Stage 3 from --init: start the LoRA anew, "
                                                                "keeping the projectors and signal rows.")] = False,
+        hedge_lengths: Annotated[bool, typer.Option("--hedge-lengths", help="Stages 1, 3: learn the length words "
+                                                    "of answers about sounds as soft targets (0.9 / 0.1).")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -479,7 +482,8 @@ def _stage_command(stage: int):
                     novel_kinds=_novel_kinds(novel_kinds), grey_clips=grey_clips,
                     cut_sounds=cut_sounds, paint_clips=paint_clips, lora=lora,
                     length_from_novel=length_from_novel, caption_sounds=caption_sounds,
-                    caption_clips=caption_clips, fresh_lora=fresh_lora)
+                    caption_clips=caption_clips, fresh_lora=fresh_lora,
+                    hedge_lengths=hedge_lengths)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

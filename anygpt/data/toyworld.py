@@ -84,6 +84,23 @@ HELDOUT: dict[str, frozenset[tuple[str, str]]] = {
     "depth": frozenset({("triangle", "near")}),
 }
 
+# Captions of things the world lacks (`anygpt.train.stages.caption_samples`, `anygpt.eval.benchmark.
+# read_from_words`): sounds and colours the toy world does not have (no world kind or colour is among
+# them, nor any word of one), so that no caption names a held-out pair of the world.
+CAPTION_SOUNDS = ("whistle", "hum", "buzz", "chime", "drumbeat", "click", "roar", "hiss", "rattle", "gong",
+                  "horn", "flute", "violin", "engine", "wind", "rain", "thunder", "birdsong", "bark", "meow",
+                  "clap", "knock", "doorbell", "chirp", "growl", "squeak", "splash", "drip", "murmur", "howl",
+                  "purr", "snap", "trumpet", "whisper", "cough", "laugh", "applause", "footstep", "alarm",
+                  "heartbeat", "tick", "creak", "thud", "pop", "sigh", "scream", "whoosh", "clang", "jingle",
+                  "rustle", "gurgle", "sneeze", "cheer", "song", "melody", "fanfare", "buzzer", "siren",
+                  "bell", "chord", "drone", "rumble", "sizzle", "crackle")
+CAPTION_COLOURS = ("pink", "white", "brown", "cyan", "grey", "black", "gold", "silver", "teal", "maroon",
+                   "beige", "navy", "lime", "olive", "crimson", "turquoise")
+SOUND_CAPTIONS = ("a {length} {kind}", "the {length} sound of a {kind}", "a {kind} that is {length}",
+                   "a {length} {kind} sound", "{length} {kind}")
+CLIP_CAPTIONS = ("a {color} {shape} moving {direction}", "a {color} {shape} that moves {direction}",
+                  "a {shape} in {color} going {direction}")
+
 # ---------------------------------------------------------------- captions
 # Each slot is named after an attribute; values with several phrasings are listed in PHRASES.
 PHRASES: dict[str, dict[str, tuple[str, ...]]] = {

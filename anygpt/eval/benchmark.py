@@ -62,6 +62,60 @@ def eval_encoder(encoder, n: int = 60, modalities=("image", "audio", "video", "d
     return results
 
 
+# What `read_from_words` reads: per modality, the attribute, and the other attribute its captions pair it with.
+FROM_WORDS = {"audio": ("length", "kind"), "video": ("direction", "color")}
+
+
+def _word_captions(modality: str) -> tuple[list[str], list[str]]:
+    """Every caption of things the world lacks (`toyworld.CAPTION_SOUNDS`, `CAPTION_COLOURS`), and
+    the value of the attribute each names."""
+    if modality == "audio":
+        rows = [(t.format(kind=k, length=v), v) for k in tw.CAPTION_SOUNDS for v in tw.LENGTHS
+                for t in tw.SOUND_CAPTIONS]
+    else:
+        rows = [(t.format(color=c, shape=s, direction=v), v) for c in tw.CAPTION_COLOURS for s in tw.SHAPES
+                for v in tw.DIRECTIONS for t in tw.CLIP_CAPTIONS]
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+@torch.no_grad()
+def read_from_words(encoder, n: int = 60, modalities=("audio", "video"), weight_decay: float = 1e-2
+                    ) -> dict[str, float]:
+    """A sound's length and a clip's direction, read apart from its kind or colour: a linear reader
+    (multinomial logistic regression on unit embeddings, L2 `weight_decay`) fitted on the encoder's
+    text embeddings of captions of sounds and colours the world lacks ("a short whistle", "a pink
+    circle moving up"), then read on held-out sounds and clips. In the world's training split a kind
+    comes at one length and a colour lacks one direction, so a reader fitted on it learns the kind;
+    these captions come with every value. The figure says how far the attribute lies along one
+    direction, the same for every kind, as a reader trained on words needs (the LLM's is one; README,
+    "Lengths and directions learnt from words")."""
+    results = {}
+    for m in modalities:
+        key, _ = FROM_WORDS[m]
+        values = tw.VALUES[m][key]
+        captions, said = _word_captions(m)
+        x = torch.nn.functional.normalize(encoder.encode_text(captions).float(), dim=-1)
+        y = torch.tensor([values.index(v) for v in said])
+        w = torch.zeros(x.shape[1], len(values), requires_grad=True)
+        b = torch.zeros(len(values), requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = torch.nn.functional.cross_entropy(x @ w + b, y) + weight_decay * (w ** 2).sum()
+                loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        examples = heldout_examples(m, n)
+        media = torch.nn.functional.normalize(encoder.encode(m, [a for _, a, _ in examples]).float(), dim=-1)
+        truth = torch.tensor([values.index(spec.labels()[key]) for spec, _, _ in examples])
+        results[f"{m}_{key}_from_words"] = float(((media @ w + b).argmax(1) == truth).float().mean())
+    return results
+
+
 # What each decoder is judged on (the attributes its caption names that a probe can read back).
 DECODER_ATTRIBUTES = {"image": ("color", "shape"), "audio": ("kind",), "video": ("direction", "color")}
 

@@ -180,29 +180,12 @@ def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False)
     return out
 
 
-# Words for `caption_samples`: sounds and colours the toy world does not have (no world kind or colour
-# is among them, nor any word of one), so that no caption names a held-out pair of the world.
-CAPTION_SOUNDS = ("whistle", "hum", "buzz", "chime", "drumbeat", "click", "roar", "hiss", "rattle", "gong",
-                  "horn", "flute", "violin", "engine", "wind", "rain", "thunder", "birdsong", "bark", "meow",
-                  "clap", "knock", "doorbell", "chirp", "growl", "squeak", "splash", "drip", "murmur", "howl",
-                  "purr", "snap", "trumpet", "whisper", "cough", "laugh", "applause", "footstep", "alarm",
-                  "heartbeat", "tick", "creak", "thud", "pop", "sigh", "scream", "whoosh", "clang", "jingle",
-                  "rustle", "gurgle", "sneeze", "cheer", "song", "melody", "fanfare", "buzzer", "siren",
-                  "bell", "chord", "drone", "rumble", "sizzle", "crackle")
-CAPTION_COLOURS = ("pink", "white", "brown", "cyan", "grey", "black", "gold", "silver", "teal", "maroon",
-                   "beige", "navy", "lime", "olive", "crimson", "turquoise")
-_SOUND_CAPTIONS = ("a {length} {kind}", "the {length} sound of a {kind}", "a {kind} that is {length}",
-                   "a {length} {kind} sound", "{length} {kind}")
-_CLIP_CAPTIONS = ("a {color} {shape} moving {direction}", "a {color} {shape} that moves {direction}",
-                  "a {shape} in {color} going {direction}")
-
-
 def caption_samples(modality: str, n: int, seed: int) -> list[Sample]:
     """n questions about captions in place of sounds or clips (`CaptionStandIn`, read by the encoder's
     text branch): "a short whistle" asked about as a sound, "a pink circle moving up" as a clip. In the
     world's training split a sound's kind gives its length away and a clip's colour rules out one
     direction; words come with every length and direction whatever the kind or colour
-    (`CAPTION_SOUNDS`, `CAPTION_COLOURS`). The words of the kind or colour are not learnt: they teach
+    (`toyworld.CAPTION_SOUNDS`, `CAPTION_COLOURS`). The words of the kind or colour are not learnt: they teach
     the length or direction alone, and the LLM does not take to naming world sounds "whistle"."""
     if modality not in ("audio", "video"):
         raise ValueError(f"caption samples are sounds (audio) or clips (video), got {modality!r}")
@@ -210,18 +193,18 @@ def caption_samples(modality: str, n: int, seed: int) -> list[Sample]:
     out = []
     for _ in range(n):
         if modality == "audio":
-            labels = {"kind": _pick(rng, CAPTION_SOUNDS), "length": _pick(rng, tuple(tw.LENGTHS))}
+            labels = {"kind": _pick(rng, tw.CAPTION_SOUNDS), "length": _pick(rng, tuple(tw.LENGTHS))}
             question, attribute = _pick(rng, ASK["audio"]["train"])
             answer = (f"A {labels['length']} {labels['kind']}." if attribute == "all" else
                       _pick(rng, ANSWER["kind"]).format(kind=f"{labels['length']} {labels['kind']}"))
-            caption, unlearnt = _pick(rng, _SOUND_CAPTIONS).format(**labels), (labels["kind"],)
+            caption, unlearnt = _pick(rng, tw.SOUND_CAPTIONS).format(**labels), (labels["kind"],)
         else:
-            labels = {"color": _pick(rng, CAPTION_COLOURS), "shape": _pick(rng, tw.SHAPES),
+            labels = {"color": _pick(rng, tw.CAPTION_COLOURS), "shape": _pick(rng, tw.SHAPES),
                       "direction": _pick(rng, tw.DIRECTIONS)}
             question, attribute = _pick(rng, [qa for qa in ASK["video"]["train"] if qa[1] != "color"])
             answer = ("A {color} {shape} moving {direction}." if attribute == "all" else
                       _pick(rng, ANSWER["direction"])).format(**labels)
-            caption, unlearnt = _pick(rng, _CLIP_CAPTIONS).format(**labels), (labels["color"],)
+            caption, unlearnt = _pick(rng, tw.CLIP_CAPTIONS).format(**labels), (labels["color"],)
         out.append(Sample([Turn("user", question, [(modality, CaptionStandIn(caption))]),
                            Turn("assistant", answer, unlearnt=unlearnt)]))
     return out
@@ -269,6 +252,19 @@ def unlearn_lengths(sample: Sample) -> Sample:
         return sample
     turns = [dataclasses.replace(t, unlearnt=tuple(tw.LENGTHS)) if t.role == "assistant" else t
              for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
+
+
+def hedge_length_words(sample: Sample) -> Sample:
+    """The sample with the length words of its answers about attached sounds learnt as soft targets
+    (`Turn.hedged`: 0.9 on the length said, 0.1 on the other). A sure target pushes the length's logit
+    without bound, and for a world sound, whose kind comes at one length, the kind can push it; a
+    hedged one is met at the same margin by every sound, world or novel, so the margin the kind
+    adds is the same at either length (README, "Lengths and directions learnt from words")."""
+    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
+        return sample
+    pairs = (("short", "long"), ("long", "short"))
+    turns = [dataclasses.replace(t, hedged=pairs) if t.role == "assistant" else t for t in sample.turns]
     return dataclasses.replace(sample, turns=turns)
 
 
@@ -402,7 +398,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
                 cut_sounds: int = 0, paint_clips: int = 0, lora: bool = False,
                 length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
-                fresh_lora: bool = False) -> dict:
+                fresh_lora: bool = False, hedge_lengths: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -418,7 +414,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     `length_from_novel` (stage 1 on dialogs, or stage 3): the length words of the answers about the
     dialogs' sounds are not learnt (`unlearn_lengths`). `fresh_lora` (stage 3): the LoRA starts anew
     (the projectors and signal rows are kept), so what an earlier LoRA learnt (e.g. each world kind's
-    training length) does not carry over."""
+    training length) does not carry over. `hedge_lengths` (stages 1 and 3): the length words of every
+    answer about a sound, world or novel, are learnt as soft targets (`hedge_length_words`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or paint_clips or caption_sounds or caption_clips) and stage == 2:
@@ -426,6 +423,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                          "are for stages 1 and 3 (the stages that read media)")
     if length_from_novel and not (stage == 3 or (stage == 1 and is_dialogs(data))):
         raise ValueError("length_from_novel is for stage 1 on dialogs, or stage 3")
+    if hedge_lengths and (length_from_novel or stage == 2):
+        raise ValueError("hedge_lengths is for stages 1 and 3, without length_from_novel")
     if fresh_lora and stage != 3:
         raise ValueError("fresh_lora is a stage-3 option (stage 3 trains the LoRA)")
     if lora and stage != 1:
@@ -461,14 +460,17 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds)
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
-    if cut_sounds:
-        samples += cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=length_from_novel)
+    cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=length_from_novel or hedge_lengths
+                            ) if cut_sounds else []
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if caption_sounds:
         samples += caption_samples("audio", caption_sounds, seed)
     if caption_clips:
         samples += caption_samples("video", caption_clips, seed)
+    if hedge_lengths:
+        samples = [hedge_length_words(s) for s in samples]
+    samples += cut  # their told lengths stay unlearnt
     if not samples:
         raise ValueError(f"{data}: nothing to train stage {stage} on")
     console.print(f"stage {stage}: {len(samples)} samples")

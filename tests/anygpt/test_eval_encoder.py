@@ -48,3 +48,48 @@ def test_audio_retrieval_needs_both_kind_and_length():
     # an encoder that cannot hear length finds the right class only when the tie falls its way
     blind = benchmark.eval_encoder(ProbeEncoder(blind="length"), n=24, modalities=("audio",))["retrieval_r1_audio"]
     assert blind <= 0.75
+
+
+class WordsEncoder:
+    """Embeds a caption by the length or direction it names and a sound or clip by what the probes read,
+    each as a one-hot with the kind or colour's one-hot beside it; `blind` embeds media as its kind or
+    colour alone."""
+
+    def __init__(self, blind: bool = False):
+        self.blind = blind
+
+    @staticmethod
+    def _vector(value: str, other: str) -> torch.Tensor:
+        values = list(tw.LENGTHS) + list(tw.DIRECTIONS)
+        others = list(tw.AUDIO_KINDS) + list(tw.COLORS) + list(tw.CAPTION_SOUNDS) + list(tw.CAPTION_COLOURS)
+        v = torch.zeros(len(values) + len(others))
+        if value:
+            v[values.index(value)] = 1
+        v[len(values) + others.index(other)] = 1
+        return v
+
+    def encode_text(self, texts):
+        out = []
+        for t in texts:
+            value = next(w for w in list(tw.LENGTHS) + list(tw.DIRECTIONS) if w in t.split())
+            other = next(w for w in tw.CAPTION_SOUNDS + tw.CAPTION_COLOURS if w in t.split())
+            out.append(self._vector(value, other))
+        return torch.stack(out)
+
+    def encode(self, modality, items):
+        out = []
+        for x in items:
+            if modality == "audio":
+                read = probes.probe_audio(x, tw.SAMPLE_RATE)
+                out.append(self._vector(None if self.blind else read["length"], read["kind"]))
+            else:
+                read = probes.probe_video(x)
+                out.append(self._vector(None if self.blind else read["direction"], read["color"]))
+        return torch.stack(out)
+
+
+def test_length_and_direction_read_from_words_need_them_apart_from_kind_and_colour():
+    right = benchmark.read_from_words(WordsEncoder(), n=24)
+    assert right == {"audio_length_from_words": 1.0, "video_direction_from_words": 1.0}
+    blind = benchmark.read_from_words(WordsEncoder(blind=True), n=24)
+    assert blind["audio_length_from_words"] <= 0.75 and blind["video_direction_from_words"] <= 0.5

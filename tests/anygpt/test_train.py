@@ -751,7 +751,8 @@ def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direct
     projector; its answer learns the length or direction, not the kind or colour it names, and no
     caption names a world kind or colour (so none is a held-out pair)."""
     from anygpt.model import CaptionStandIn
-    from anygpt.train.stages import CAPTION_COLOURS, CAPTION_SOUNDS, caption_samples
+    from anygpt.train.stages import caption_samples
+    from anygpt.data.toyworld import CAPTION_COLOURS, CAPTION_SOUNDS
 
     assert not {w for k in CAPTION_SOUNDS for w in k.split()} & {w for k in toyworld.AUDIO_KINDS for w in k.split()}
     assert not set(CAPTION_COLOURS) & set(toyworld.COLORS)
@@ -857,3 +858,32 @@ def test_cut_sounds_are_shorter_than_either_length_and_answered_with_their_kind(
         assert s.turns[0].media == t.turns[0].media and t.turns[1].unlearnt == tuple(toyworld.LENGTHS)
         labels = _labels_in(t.turns[1].text, "audio")
         assert labels["kind"] in s.turns[1].text and (labels["kind"], labels["length"]) not in toyworld.HELDOUT["audio"]
+
+
+def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
+    """`hedge_length_words`: the length word's loss is 0.9 of its own cross-entropy and 0.1 of the other
+    length's, at its one token; every other token's loss is as before; a picture's answer is left whole."""
+    import torch.nn.functional as F
+
+    from anygpt.model import HEDGE, Turn
+    from anygpt.train.stages import Sample, hedge_length_words
+
+    wav = next((toy_data / "audio").iterdir())
+    sound = Sample([Turn("user", "describe this sound.", [("audio", str(wav))]),
+                    Turn("assistant", "A long rising sweep.")])
+    hedged = hedge_length_words(sound)
+    ids, labels, others = tiny.model.tokenize_hedged(hedged.turns)
+    tok = tiny.model.tokenizer
+    assert [(tok.decode([i]).strip(), tok.decode([o]).strip()) for i, o in zip(ids, others) if o != -100] == [
+        ("long", "short")]
+    assert tiny.model.tokenize_conversation(hedged.turns) == tiny.model.tokenize_conversation(sound.turns)
+    with torch.no_grad():
+        plain, soft = tiny.model([sound.turns]), tiny.model([hedged.turns])
+        batch = tiny.model.prepare_inputs_labels([sound.turns])
+        logits = tiny.model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits[0]
+    at = others.index(next(o for o in others if o != -100)) - 1  # the logits that predict the length word
+    own, other = (F.cross_entropy(logits[at:at + 1].float(), torch.tensor([t])) for t in (ids[at + 1], others[at + 1]))
+    expected = plain.loss_sum - own + (1 - HEDGE) * own + HEDGE * other
+    assert soft.label_count == plain.label_count and torch.allclose(soft.loss_sum, expected, atol=1e-4)
+    picture = Sample([Turn("user", "what is drawn here?", [("image", "x.png")]), Turn("assistant", "A long bar.")])
+    assert hedge_length_words(picture) is picture
