@@ -295,6 +295,9 @@ def train_tiny_encoder_cmd(
                                                           "world's sounds are not told theirs.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop early (smoke runs).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    length_words_weight: Annotated[float, typer.Option(help="With --init: pull every sound to the margin at "
+                                                           "which captions of sounds the world lacks say their "
+                                                           "length (a fixed reader fitted on them).")] = 0.0,
 ) -> None:
     """Contrastive training of the tiny ImageBind on the toy world."""
     from anygpt.train.tiny_encoder import train_tiny_encoder
@@ -305,6 +308,7 @@ def train_tiny_encoder_cmd(
                        novel_kinds=_novel_kinds(novel_kinds), init=init,
                        modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
                        audio_pad=audio_pad, fresh_towers=fresh_towers, length_from_novel=length_from_novel,
+                       length_words_weight=length_words_weight,
                        max_steps=max_steps, device=device)
 
 

@@ -66,7 +66,7 @@ def eval_encoder(encoder, n: int = 60, modalities=("image", "audio", "video", "d
 FROM_WORDS = {"audio": ("length", "kind"), "video": ("direction", "color")}
 
 
-def _word_captions(modality: str) -> tuple[list[str], list[str]]:
+def word_captions(modality: str) -> tuple[list[str], list[str]]:
     """Every caption of things the world lacks (`toyworld.CAPTION_SOUNDS`, `CAPTION_COLOURS`), and
     the value of the attribute each names."""
     if modality == "audio":
@@ -76,6 +76,32 @@ def _word_captions(modality: str) -> tuple[list[str], list[str]]:
         rows = [(t.format(color=c, shape=s, direction=v), v) for c in tw.CAPTION_COLOURS for s in tw.SHAPES
                 for v in tw.DIRECTIONS for t in tw.CLIP_CAPTIONS]
     return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def word_reader(encode_text, modality: str, weight_decay: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear reader of `read_from_words` (weights [D, values], bias [values], the values of
+    `toyworld.VALUES[modality][FROM_WORDS[modality][0]]`), fitted on `encode_text`'s embeddings of the
+    captions of things the world lacks. Detached: a fixed reader, also for training (the tiny
+    encoder's `--length-words-weight`)."""
+    key, _ = FROM_WORDS[modality]
+    values = tw.VALUES[modality][key]
+    captions, said = word_captions(modality)
+    with torch.no_grad():
+        x = torch.nn.functional.normalize(encode_text(captions).float(), dim=-1)
+    y = torch.tensor([values.index(v) for v in said])
+    w = torch.zeros(x.shape[1], len(values), requires_grad=True)
+    b = torch.zeros(len(values), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + weight_decay * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
 
 
 @torch.no_grad()
@@ -93,22 +119,7 @@ def read_from_words(encoder, n: int = 60, modalities=("audio", "video"), weight_
     for m in modalities:
         key, _ = FROM_WORDS[m]
         values = tw.VALUES[m][key]
-        captions, said = _word_captions(m)
-        x = torch.nn.functional.normalize(encoder.encode_text(captions).float(), dim=-1)
-        y = torch.tensor([values.index(v) for v in said])
-        w = torch.zeros(x.shape[1], len(values), requires_grad=True)
-        b = torch.zeros(len(values), requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            with torch.enable_grad():
-                loss = torch.nn.functional.cross_entropy(x @ w + b, y) + weight_decay * (w ** 2).sum()
-                loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(closure)
+        w, b = word_reader(encoder.encode_text, m, weight_decay)
         examples = heldout_examples(m, n)
         media = torch.nn.functional.normalize(encoder.encode(m, [a for _, a, _ in examples]).float(), dim=-1)
         truth = torch.tensor([values.index(spec.labels()[key]) for spec, _, _ in examples])

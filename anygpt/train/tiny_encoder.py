@@ -183,6 +183,7 @@ class Pool:
     labels: torch.Tensor  # attribute class per item [N]
     views: dict[str, tuple[torch.Tensor, torch.Tensor]]  # attribute -> (phrase tokens [N, 77], value index [N])
     phrases: dict[str, torch.Tensor]  # attribute -> every value's phrase tokens [V, 77], in value-index order
+    lengths: torch.Tensor | None = None  # audio: each item's length (index into toyworld.LENGTHS), told or not
 
 
 def label_of(example: dict) -> str:
@@ -230,8 +231,9 @@ def build_pools(encoder: ImageBindEncoder, examples: list[dict], per_modality: i
             index = [-1 if key == "length" and r.get("length_untold") else order.index(v) for r, v in zip(rows, values)]
             views[key] = (encoder.tokenize([phrase.format(v) for v in values]), torch.tensor(index))
             phrases[key] = encoder.tokenize([phrase.format(v) for v in order])
+        lengths = torch.tensor([list(tw.LENGTHS).index(r["attributes"]["length"]) for r in rows]) if m == "audio" else None
         pools[m] = Pool(torch.cat(chunks), encoder.tokenize([r["caption"] for r in rows]),
-                        torch.tensor([names.index(label_of(r)) for r in rows]), views, phrases)
+                        torch.tensor([names.index(label_of(r)) for r in rows]), views, phrases, lengths)
     return pools
 
 
@@ -256,7 +258,7 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                        novel_audio: int = 0, novel_kinds: tuple[str, ...] = RECIPE_NOVEL_KINDS,
                        init: str | None = None, modalities: Sequence[str] = MODALITIES, audio_pad: str | None = None,
                        fresh_towers: bool = False, length_from_novel: bool = False,
-                       device: str = "auto") -> dict:
+                       length_words_weight: float = 0.0, device: str = "auto") -> dict:
     """Train from a toy-world manifest; writes `out/encoder` (save_pretrained) and returns the summary.
     `change_fraction` of each batch is shown changed to the views (see VIEW_CHANGES); `neutral_weight`
     weighs the pull of copies that lost an attribute toward none of its values (NEUTRAL_CHANGES; off by
@@ -267,11 +269,18 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
     of `modalities` train, against its frozen text tower, so every other modality's embeddings stay as
     they are and what reads them (the LLM's input projector) needs no retraining. `fresh_towers`
     starts those towers anew (seeded) instead of from `init`'s weights, against its text tower.
-    `length_from_novel`: a sound's length is taught by the novel sounds alone (`build_pools`)."""
+    `length_from_novel`: a sound's length is taught by the novel sounds alone (`build_pools`).
+    `length_words_weight` (with `init`, whose text tower stays frozen): every sound, world or novel, is
+    pulled to the margin at which captions of sounds the world lacks say their length, along a fixed
+    reader fitted on those captions (`anygpt.eval.benchmark.word_reader`): a squared pull to one margin
+    leaves a kind no room to push its training length further (README, "Lengths and directions learnt
+    from words")."""
     modalities = tuple(modalities)
     unknown = sorted(set(modalities) - set(MODALITIES))
     if unknown or not modalities:
         raise ValueError(f"modalities {list(modalities)}: expected some of {MODALITIES}")
+    if length_words_weight and init is None:
+        raise ValueError("length_words_weight needs an init encoder (its frozen text tower fits the reader)")
     if fresh_towers and init is None:
         raise ValueError("fresh_towers needs an init encoder (whose other towers stay)")
     torch.manual_seed(seed)
@@ -293,6 +302,19 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
                         novel_sounds(novel_audio if "audio" in modalities else 0, seed, novel_kinds), modalities,
                         length_from_extra=length_from_novel)
 
+    reader = None
+    if length_words_weight and "audio" in pools:
+        from anygpt.eval.benchmark import word_captions, word_reader
+
+        def encode_text(texts):
+            with torch.no_grad():
+                return encoder("text", encoder.tokenize(texts))
+
+        w, b = word_reader(encode_text, "audio")
+        words = F.normalize(encode_text(word_captions("audio")[0]).float(), dim=-1) @ w + b
+        reader = (w, b, float((words[:, 1] - words[:, 0]).abs().mean()))
+        console.print(f"length reader fitted on words: margin {reader[2]:.2f}")
+
     def batch_fn(step: int) -> dict[str, tuple[torch.Tensor, ...]]:
         rng = np.random.default_rng([seed, step])
         batch = {}
@@ -305,12 +327,13 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
             every = np.ones(len(idx), dtype=bool)
             neutral = {key: changed(name, x, every, rng) for key, name in NEUTRAL_CHANGES.get(m, {}).items()
                        if key in pool.phrases} if neutral_weight else {}
-            batch[m] = (x, pool.tokens[idx], pool.labels[idx], views, changes, neutral)
+            lengths = pool.lengths[idx] if pool.lengths is not None else None
+            batch[m] = (x, pool.tokens[idx], pool.labels[idx], views, changes, neutral, lengths)
         return batch
 
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         losses = {}
-        for m, (x, tokens, labels, views, changes, neutral) in batch.items():
+        for m, (x, tokens, labels, views, changes, neutral, lengths) in batch.items():
             media = encoder(m, x)
             loss = contrastive_loss(media, encoder("text", tokens), labels)
             seen_changed = {name: encoder(m, xc) for name, xc in changes.items()}
@@ -323,6 +346,11 @@ def train_tiny_encoder(data: str | Path, out: str | Path, *, steps: int = 300, b
             for key, xn in neutral.items():
                 phrases = encoder("text", pools[m].phrases[key])
                 loss = loss + neutral_weight * neutral_loss(encoder(m, xn), phrases) / len(views)
+            if reader is not None and m == "audio":
+                w, b, margin = reader
+                score = F.normalize(media.float(), dim=-1) @ w.to(media.device) + b.to(media.device)
+                target = (lengths.to(media.device) * 2 - 1).float() * margin  # short -> -margin, long -> +margin
+                loss = loss + length_words_weight * (((score[:, 1] - score[:, 0]) - target) / margin).pow(2).mean()
             losses[m] = loss
         return sum(losses.values()) / len(losses), {m: v.item() for m, v in losses.items()}
 

@@ -151,6 +151,37 @@ def test_tiny_encoder_fine_tune_trains_only_the_named_towers(toy_data, tmp_path)
         train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "bad", steps=1, modalities=("smell",))
 
 
+
+def test_the_length_words_pull_brings_sounds_to_the_words_margin(toy_data, tmp_path):
+    """--length-words-weight: along the reader fitted on captions of sounds the world lacks, each sound
+    moves toward the margin at which those captions say its length (the pull's own loss falls)."""
+    import torch.nn.functional as F
+
+    from anygpt.data.manifest import read_manifest
+    from anygpt.eval.benchmark import word_captions, word_reader
+    from anygpt.train.tiny_encoder import train_tiny_encoder
+    from encoders import ImageBindEncoder
+
+    start = tmp_path / "start"
+    ImageBindEncoder.tiny(seed=3).save_pretrained(start)
+    sounds = [e for e in read_manifest(toy_data / "manifest.jsonl") if e["modality"] == "audio"]
+    target = torch.tensor([1.0 if e["attributes"]["length"] == "long" else -1.0 for e in sounds])
+
+    def pull(folder):
+        enc = ImageBindEncoder.from_pretrained(folder, dtype=torch.float32).eval()
+        w, b = word_reader(enc.encode_text, "audio")
+        words = F.normalize(enc.encode_text(word_captions("audio")[0]), dim=-1) @ w + b
+        margin = (words[:, 1] - words[:, 0]).abs().mean()
+        score = F.normalize(enc.encode("audio", [e["path"] for e in sounds]), dim=-1) @ w + b
+        return float((((score[:, 1] - score[:, 0]) - target * margin) / margin).pow(2).mean())
+
+    train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "run", steps=12, batch_size=6, per_modality=6,
+                       init=str(start), modalities=("audio",), length_words_weight=50.0, lr=3e-3,
+                       change_fraction=0.0)
+    assert pull(tmp_path / "run" / "encoder") < 0.5 * pull(start)
+    with pytest.raises(ValueError, match="init encoder"):
+        train_tiny_encoder(toy_data / "manifest.jsonl", tmp_path / "bad", steps=1, length_words_weight=1.0)
+
 def test_novel_kinds_option_reads_a_list_or_the_recipe():
     from anygpt.data.toyworld import NOVEL_LINES, NOVEL_SOUNDS
     from apps.cli import _novel_kinds
