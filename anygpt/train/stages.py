@@ -185,8 +185,10 @@ def caption_samples(modality: str, n: int, seed: int) -> list[Sample]:
     text branch): "a short whistle" asked about as a sound, "a pink circle moving up" as a clip. In the
     world's training split a sound's kind gives its length away and a clip's colour rules out one
     direction; words come with every length and direction whatever the kind or colour
-    (`toyworld.CAPTION_SOUNDS`, `CAPTION_COLOURS`). The words of the kind or colour are not learnt: they teach
-    the length or direction alone, and the LLM does not take to naming world sounds "whistle"."""
+    (`toyworld.CAPTION_SOUNDS`, `CAPTION_COLOURS`). The words of the kind or colour are not learnt, so
+    that they teach the length or direction alone and not to call a world sound "whistle" (measured: the
+    slot they leave untrained got made-up names, "A long down.": README, "Lengths and directions
+    learnt from words")."""
     if modality not in ("audio", "video"):
         raise ValueError(f"caption samples are sounds (audio) or clips (video), got {modality!r}")
     rng = np.random.default_rng([seed, 8 if modality == "audio" else 9])
@@ -259,8 +261,9 @@ def hedge_length_words(sample: Sample) -> Sample:
     """The sample with the length words of its answers about attached sounds learnt as soft targets
     (`Turn.hedged`: 0.9 on the length said, 0.1 on the other). A sure target pushes the length's logit
     without bound, and for a world sound, whose kind comes at one length, the kind can push it; a
-    hedged one is met at the same margin by every sound, world or novel, so the margin the kind
-    adds is the same at either length (README, "Lengths and directions learnt from words")."""
+    hedged one is met at one margin by every sound, world or novel, which leaves a kind less to add
+    (measured: the LLM still chose the length by kind, README, "Lengths and directions learnt from
+    words")."""
     if not any(m == "audio" for t in sample.turns for m, _ in t.media):
         return sample
     pairs = (("short", "long"), ("long", "short"))
