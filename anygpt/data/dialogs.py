@@ -97,7 +97,7 @@ CHAT = {
 }
 
 
-def _pick(rng: np.random.Generator, options: list):
+def pick(rng: np.random.Generator, options: list):
     return options[rng.integers(len(options))]
 
 
@@ -117,7 +117,7 @@ def _make_target(rng: np.random.Generator, modality: str, split: str) -> dict[st
 
 
 def _ask(rng, modality, example, split, kinds_say_length=False):
-    question, attribute = _pick(rng, ASK[modality][split])
+    question, attribute = pick(rng, ASK[modality][split])
     labels = {k: v for k, v in example["attributes"].items() if k in tw.LABELS[modality]}
     if attribute == "all":
         answer = _describe(labels, modality).capitalize() + "."
@@ -126,10 +126,10 @@ def _ask(rng, modality, example, split, kinds_say_length=False):
         # a sound's kind answered with its length ("It is a long noise burst."): answered with the
         # kind alone, the LLM took a held-out "tell me about this recording." for a kind question and
         # dropped the length (README, "Reading lengths with the LoRA")
-        answer = _pick(rng, ANSWER[attribute]).format(kind=f"{labels['length']} {labels['kind']}")
+        answer = pick(rng, ANSWER[attribute]).format(kind=f"{labels['length']} {labels['kind']}")
         expected = {attribute: labels[attribute]}
     else:
-        answer = _pick(rng, ANSWER[attribute]).format(**labels)
+        answer = pick(rng, ANSWER[attribute]).format(**labels)
         expected = {attribute: labels[attribute]}
     answer = answer[0].upper() + answer[1:]
     return question, answer, expected
@@ -141,12 +141,12 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
     dialog asks for two items with probability `two_outputs`, else one. `kinds_say_length`: a question
     about a sound's kind is answered with its length too."""
     if kind == "chat":
-        q, a = _pick(rng, CHAT[split])
+        q, a = pick(rng, CHAT[split])
         turns = [{"role": "user", "text": q, "media": []}, {"role": "assistant", "text": a, "outputs": []}]
         return {"kind": kind, "turns": turns, "expect": {"outputs": [], "answer": {}}}
     if kind == "ask":
-        modality = _pick(rng, [m for m in ASK if pool.get(m)])
-        example = _pick(rng, pool[modality])
+        modality = pick(rng, [m for m in ASK if pool.get(m)])
+        example = pick(rng, pool[modality])
         q, a, expected = _ask(rng, modality, example, split, kinds_say_length)
         turns = [{"role": "user", "text": q, "media": [{"modality": modality, "path": example["path"]}]},
                  {"role": "assistant", "text": a, "outputs": []}]
@@ -157,8 +157,8 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
         asks, replies, outputs = [], [], []
         for m in modalities:
             desc = _describe(_make_target(rng, m, split), m)
-            asks.append(_pick(rng, MAKE[m][split]).format(desc=desc).rstrip("?"))
-            replies.append(_pick(rng, REPLY[m]).format(desc=desc))
+            asks.append(pick(rng, MAKE[m][split]).format(desc=desc).rstrip("?"))
+            replies.append(pick(rng, REPLY[m]).format(desc=desc))
             # each output's run right after its own sentence ("Here is X. [IMG..] Here is Y. [AUD..]")
             outputs.append({"modality": m, "caption": desc, "at": len(" ".join(replies))})
         text = " and ".join(asks) + ("?" if rng.random() < 0.3 else "")
@@ -166,13 +166,13 @@ def make_dialog(rng: np.random.Generator, kind: str, split: str, pool: dict[str,
                  {"role": "assistant", "text": " ".join(replies), "outputs": outputs}]
         return {"kind": kind, "turns": turns, "expect": {"outputs": modalities, "answer": {}}}
     # mix: describe an attached image or clip, then draw its shape in another colour
-    modality = _pick(rng, [m for m in ("image", "video") if pool.get(m)])
-    example = _pick(rng, pool[modality])
+    modality = pick(rng, [m for m in ("image", "video") if pool.get(m)])
+    example = pick(rng, pool[modality])
     labels = {k: v for k, v in example["attributes"].items() if k in tw.LABELS[modality]}
     colours = [c for c in tw.COLORS if c != labels["color"]]
     if split == "train":  # the picture it asks for must be a training pair: the held-out ones are the eval's
         colours = [c for c in colours if (c, labels["shape"]) not in tw.HELDOUT["image"]]
-    colour = _pick(rng, colours)
+    colour = pick(rng, colours)
     thing = "picture" if modality == "image" else "clip"
     text = f"describe this {thing}, then draw its shape in {colour}"
     desc = f"a {colour} {labels['shape']}"
@@ -190,8 +190,8 @@ def request_dialog(rng: np.random.Generator, example: dict, split: str = "train"
     LLM has at inference, where the reply text comes before the signal tokens."""
     m = example["modality"]
     labels = {k: v for k, v in example["attributes"].items() if k in tw.LABELS[m]}
-    text = _pick(rng, MAKE[m][split]).format(desc=example["caption"])
-    reply = _pick(rng, REPLY[m]).format(desc=_describe(labels, m))
+    text = pick(rng, MAKE[m][split]).format(desc=example["caption"])
+    reply = pick(rng, REPLY[m]).format(desc=_describe(labels, m))
     turns = [{"role": "user", "text": text, "media": []},
              {"role": "assistant", "text": reply,
               "outputs": [{"modality": m, "caption": example["caption"], "at": len(reply)}]}]
@@ -207,7 +207,7 @@ def novel_sound_requests(n: int, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SO
     out = []
     for _ in range(n):
         labels = tw.sample_novel_audio(rng, kinds=tuple(kinds)).labels()
-        caption = _pick(rng, tw.wordings("audio", labels, "train"))
+        caption = pick(rng, tw.wordings("audio", labels, "train"))
         out.append(request_dialog(rng, {"modality": "audio", "attributes": labels, "caption": caption}))
     return out
 
@@ -222,10 +222,10 @@ def echo_sound_requests(n: int, seed: int) -> list[dict]:
     out = []
     for _ in range(n):
         labels = tw.sample("audio", rng).labels()
-        phrase = _pick(rng, tw.PHRASES["kind"][labels["kind"]])
+        phrase = pick(rng, tw.PHRASES["kind"][labels["kind"]])
         desc = re.sub(r"^a (?=[aeiou])", "an ", f"a {labels['length']} {phrase}")
-        reply = _pick(rng, REPLY["audio"]).format(desc=desc)
-        turns = [{"role": "user", "text": _pick(rng, MAKE["audio"]["train"]).format(desc=desc), "media": []},
+        reply = pick(rng, REPLY["audio"]).format(desc=desc)
+        turns = [{"role": "user", "text": pick(rng, MAKE["audio"]["train"]).format(desc=desc), "media": []},
                  {"role": "assistant", "text": reply, "outputs": [{"modality": "audio", "caption": desc, "at": len(reply)}]}]
         out.append({"kind": "make", "turns": turns, "expect": {"outputs": ["audio"], "answer": {}}})
     return out

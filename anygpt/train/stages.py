@@ -47,7 +47,7 @@ import torch
 
 from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
 from anygpt.data import toyworld as tw
-from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, read_dialogs
+from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, pick, read_dialogs
 from anygpt.data.manifest import read_manifest
 from anygpt.model import AnyGPTModel, AnyGPTOutput, CaptionStandIn, Turn
 from anygpt.pipeline import AnyGPT
@@ -195,25 +195,21 @@ def caption_samples(modality: str, n: int, seed: int) -> list[Sample]:
     out = []
     for _ in range(n):
         if modality == "audio":
-            labels = {"kind": _pick(rng, tw.CAPTION_SOUNDS), "length": _pick(rng, tuple(tw.LENGTHS))}
-            question, attribute = _pick(rng, ASK["audio"]["train"])
+            labels = {"kind": pick(rng, tw.CAPTION_SOUNDS), "length": pick(rng, tuple(tw.LENGTHS))}
+            question, attribute = pick(rng, ASK["audio"]["train"])
             answer = (f"A {labels['length']} {labels['kind']}." if attribute == "all" else
-                      _pick(rng, ANSWER["kind"]).format(kind=f"{labels['length']} {labels['kind']}"))
-            caption, unlearnt = _pick(rng, tw.SOUND_CAPTIONS).format(**labels), (labels["kind"],)
+                      pick(rng, ANSWER["kind"]).format(kind=f"{labels['length']} {labels['kind']}"))
+            caption, unlearnt = pick(rng, tw.SOUND_CAPTIONS).format(**labels), (labels["kind"],)
         else:
-            labels = {"color": _pick(rng, tw.CAPTION_COLOURS), "shape": _pick(rng, tw.SHAPES),
-                      "direction": _pick(rng, tw.DIRECTIONS)}
-            question, attribute = _pick(rng, [qa for qa in ASK["video"]["train"] if qa[1] != "color"])
+            labels = {"color": pick(rng, tw.CAPTION_COLOURS), "shape": pick(rng, tw.SHAPES),
+                      "direction": pick(rng, tw.DIRECTIONS)}
+            question, attribute = pick(rng, [qa for qa in ASK["video"]["train"] if qa[1] != "color"])
             answer = ("A {color} {shape} moving {direction}." if attribute == "all" else
-                      _pick(rng, ANSWER["direction"])).format(**labels)
-            caption, unlearnt = _pick(rng, tw.CLIP_CAPTIONS).format(**labels), (labels["color"],)
+                      pick(rng, ANSWER["direction"])).format(**labels)
+            caption, unlearnt = pick(rng, tw.CLIP_CAPTIONS).format(**labels), (labels["color"],)
         out.append(Sample([Turn("user", question, [(modality, CaptionStandIn(caption))]),
                            Turn("assistant", answer, unlearnt=unlearnt)]))
     return out
-
-
-def _pick(rng: np.random.Generator, options):
-    return options[rng.integers(len(options))]
 
 
 def stage2_samples(model: AnyGPTModel, examples: list[dict], rng: np.random.Generator) -> list[Sample]:
