@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -146,6 +146,23 @@ class SafetySettings(_Strict):
     blocked_words: list[str] = Field(default_factory=list)
 
 
+def audio_windows(value: Sequence[tuple[float, float | None]] | str) -> list[tuple[float, float | None]]:
+    """Checked `AnyGPTConfig.audio_windows`, from pairs or from text such as "1.5:" or "0:0.9,1.5:"."""
+    if isinstance(value, str):
+        try:
+            value = [(float(a), float(b) if b.strip() else None)
+                     for a, b in (w.split(":") for w in value.split(",") if w.strip())]
+        except ValueError:
+            raise ValueError(f"audio windows are START:END seconds, comma-separated (END may be empty), "
+                             f"got {value!r}") from None
+    out = []
+    for start, end in value:
+        if start < 0 or (end is not None and end <= start):
+            raise ValueError(f"an audio window needs 0 <= start < end (seconds), got ({start}, {end})")
+        out.append((float(start), None if end is None else float(end)))
+    return out
+
+
 class AnyGPTConfig(_Strict):
     name: str = "custom"
     llm: LLMConfig
@@ -160,6 +177,14 @@ class AnyGPTConfig(_Strict):
         "thermal": ("<Thermal>", "</Thermal>"),
         "imu": ("<IMU>", "</IMU>"),
     }
+    # More tokens per sound: after the whole sound's token, one per window (seconds from its start;
+    # None: to its end), each the encoder's embedding of that part alone. The tiny preset adds its
+    # tail, (1.5, None): silence for a short sound, so its length is read apart from its kind
+    # (README, "A sound's tail as a second token").
+    audio_windows: list[tuple[float, float | None]] = []
+    # A second token per clip: the encoder's embedding of its grey copy, which shows its shapes'
+    # motion apart from their colours (README, "A clip's grey copy as a second token").
+    video_grey: bool = False
     projector: ProjectorSettings = ProjectorSettings()
     lora: LoraSettings = LoraSettings()
     max_new_tokens: int = 64
@@ -175,6 +200,11 @@ class AnyGPTConfig(_Strict):
         if unknown:
             raise ValueError(f"unknown output modality {sorted(unknown)}; known: {list(OUTPUT_MODALITIES)}")
         return value
+
+    @field_validator("audio_windows")
+    @classmethod
+    def _windows(cls, value: list) -> list:
+        return audio_windows(value)
 
     # -- files ---------------------------------------------------------------------------------
     @classmethod

@@ -23,9 +23,10 @@ weights (`merge_lora`); `train()` unmerges it.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +37,8 @@ from torch import nn
 from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.cache_utils import DynamicLayer
+
+from encoders import audio_window, grey_video
 
 from anygpt.config import AnyGPTConfig
 from anygpt.errors import InputError
@@ -294,8 +297,22 @@ class AnyGPTModel(nn.Module):
             self._prefix = None
 
     # -- 1. prompt ----------------------------------------------------------------------------
+    def slots(self, modality: str) -> int:
+        """Placeholders (input tokens) per media item: one, and a sound's windows (`audio_windows`) or
+        a clip's grey copy (`video_grey`)."""
+        return 1 + len(self.views(modality))
+
+    def views(self, modality: str) -> list[Callable[[Any], Any]]:
+        """What becomes of an item of this modality for each of its tokens after the first."""
+        limits = getattr(self.encoder, "limits", None)
+        if modality == "audio":
+            return [functools.partial(audio_window, start=a, end=b, limits=limits) for a, b in self.config.audio_windows]
+        if modality == "video" and self.config.video_grey:
+            return [functools.partial(grey_video, limits=limits)]
+        return []
+
     def render(self, turns: list[Turn], add_generation_prompt: bool = True) -> str:
-        """The conversation as the LLM sees it: its chat template, one placeholder per media item."""
+        """The conversation as the LLM sees it: its chat template, `slots` placeholders per media item."""
         messages = []
         if self.config.llm.system_prompt:
             messages.append({"role": "system", "content": self.config.llm.system_prompt})
@@ -304,8 +321,8 @@ class AnyGPTModel(nn.Module):
                 for token in self.reserved:
                     if token in turn.text:
                         raise InputError(f"the prompt contains the reserved token {token!r}")
-            wraps = [self.config.media_wrap[m] for m, _ in turn.media]
-            media = "".join(f"{before}{MEDIA_TOKEN}{after}\n" for before, after in wraps)
+            media = "".join(f"{self.config.media_wrap[m][0]}{MEDIA_TOKEN * self.slots(m)}{self.config.media_wrap[m][1]}\n"
+                            for m, _ in turn.media)
             messages.append({"role": turn.role, "content": media + turn.text})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                                   tokenize=False)
@@ -384,8 +401,12 @@ class AnyGPTModel(nn.Module):
         return torch.tensor(self.tokenize_conversation(turns)[0])
 
     def encode_media(self, media: list[tuple[str, Any]]) -> torch.Tensor:
-        """Every media item -> one LLM-sized token embedding [N, H], in order. Items of a modality share a
-        batch; `CaptionStandIn` items go through the encoder's text branch together."""
+        """Every media item -> its `slots` LLM-sized token embeddings [sum of slots, H], in order: the
+        item's own embedding, then its views' (`views`: a sound's windows, a clip's grey copy). Items
+        of a modality share a batch; `CaptionStandIn` items go through the encoder's text branch
+        together, a caption filling its item's every slot."""
+        media = [(m, y) for m, x in media
+                 for y in [x] + [x if isinstance(x, CaptionStandIn) else view(x) for view in self.views(m)]]
         weight = self.input_projector.proj.weight
         out = torch.empty(len(media), self.input_projector.proj.out_features, device=weight.device)
         for modality in dict.fromkeys(m for m, _ in media):
@@ -426,9 +447,9 @@ class AnyGPTModel(nn.Module):
         input_ids, labels, mask = input_ids.to(device), labels.to(device), mask.to(device)
         slots = (input_ids == self.media_token_id) & mask.bool()
         for b, c in enumerate(convs):
-            n = sum(len(t.media) for t in c.turns)
+            n = sum(self.slots(m) for t in c.turns for m, _ in t.media)
             if int(slots[b].sum()) != n:
-                raise InputError(f"{int(slots[b].sum())} media placeholders in the prompt but {n} media items")
+                raise InputError(f"{int(slots[b].sum())} media placeholders in the prompt but {n} for its media items")
         inputs_embeds = embed(input_ids)
         if media:  # row-major order of the slots is the order of the conversations' media
             inputs_embeds = inputs_embeds.index_put(tuple(slots.nonzero().T), self.encode_media(media).to(inputs_embeds))

@@ -476,6 +476,15 @@ def _stage_command(stage: int):
                                                                "keeping the projectors and signal rows.")] = False,
         hedge_lengths: Annotated[bool, typer.Option("--hedge-lengths", help="Stages 1, 3: learn the length words "
                                                     "of answers about sounds as soft targets (0.9 / 0.1).")] = False,
+        novel_kinds_unlearnt: Annotated[bool, typer.Option("--novel-kinds-unlearnt", help="With --novel-audio: "
+                                                           "their kind words are not learnt, only their "
+                                                           "lengths.")] = False,
+        audio_windows: Annotated[Optional[str], typer.Option(help="Read each sound as its whole and these "
+                                                              "windows, START:END seconds, comma-separated "
+                                                              "(e.g. 1.5: its tail); saved in the model's "
+                                                              "config.")] = None,
+        video_grey: Annotated[bool, typer.Option("--video-grey", help="Read each clip as itself and its grey "
+                                                 "copy; saved in the model's config.")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -487,7 +496,8 @@ def _stage_command(stage: int):
                     cut_sounds=cut_sounds, paint_clips=paint_clips, lora=lora,
                     length_from_novel=length_from_novel, caption_sounds=caption_sounds,
                     caption_clips=caption_clips, fresh_lora=fresh_lora,
-                    hedge_lengths=hedge_lengths)
+                    hedge_lengths=hedge_lengths, novel_kinds_unlearnt=novel_kinds_unlearnt,
+                    audio_windows=audio_windows, video_grey=video_grey)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -477,6 +477,7 @@ def load_and_transform_audio(
         raise ValueError(f"audio pad must be one of {AUDIO_PADS}, got {pad!r}")
     limits = limits or DEFAULT_LIMITS
     media = as_media(item, limits)
+    sample_rate = ARRAY_AUDIO_RATE  # what an array is read back at
     with _reading(media, "audio"):
         waveform, rate = load_audio(media, limits)
         if rate != sample_rate:
@@ -497,6 +498,27 @@ def load_and_transform_audio(
         return (torch.stack(clips) - AUDIO_MEAN) / AUDIO_STD
 
 
+
+def audio_window(item: Any, start: float, end: float | None, limits: InputLimits | None = None) -> np.ndarray:
+    """The part of a sound from `start` to `end` seconds (None: to its end) as a float32
+    [channels, samples] array at 16 kHz, the form `encode` takes back. A window that starts
+    past the sound's end, or keeps under 25 ms of it, is 25 ms of silence: that the sound is over
+    is what it shows (README, "A sound's tail as a second token")."""
+    if start < 0 or (end is not None and end <= start):
+        raise ValueError(f"an audio window needs 0 <= start < end, got ({start}, {end})")
+    limits = limits or DEFAULT_LIMITS
+    media = as_media(item, limits)
+    sample_rate = ARRAY_AUDIO_RATE  # what an array is read back at
+    with _reading(media, "audio"):
+        waveform, rate = load_audio(media, limits)
+        if rate != sample_rate:
+            waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=sample_rate)
+    part = waveform[:, int(start * sample_rate):None if end is None else int(end * sample_rate)]
+    if part.size(1) < sample_rate * 25 // 1000:
+        part = torch.zeros(waveform.size(0), sample_rate * 25 // 1000)
+    return np.ascontiguousarray(part.numpy(), dtype=np.float32)
+
+
 # ---------------------------------------------------------------------------
 # Video
 
@@ -513,16 +535,47 @@ def _frame_indices(fps: float, count: int, start: Fraction, end: Fraction, frame
     return [first + int(i) for i in picks]
 
 
+def _video_array(media: Media, limits: InputLimits) -> np.ndarray:
+    a = media.value
+    if a.ndim == 4 and a.shape[-1] != 3 and a.shape[1] == 3:
+        a = a.transpose(0, 2, 3, 1)  # [T, 3, H, W] -> [T, H, W, 3]
+    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        raise MediaError(f"{media.name}: a video array must be uint8 [T, H, W, 3] (or [T, 3, H, W])")
+    _check_pixels(media.name, a.shape[2], a.shape[1], limits)
+    return a
+
+
+def grey_video(item: Any, limits: InputLimits | None = None) -> np.ndarray:
+    """A clip's grey copy, the mean of its colour channels in all three, as uint8 [T, H, W, 3] at
+    8 fps, the form `encode` takes back: its shapes and motion without their colours (README,
+    "A clip's grey copy as a second token"). A file at another frame rate is sampled at 8 fps."""
+    limits = limits or DEFAULT_LIMITS
+    media = as_media(item, limits)
+    with _reading(media, "video"):
+        if media.value is not None:
+            frames = _video_array(media, limits)
+        else:
+            _refuse_kind(media, "video", "image", "array")
+            fps, count = _probe_video(media, limits)
+            if count == 0:
+                raise MediaError(f"{media.name}: the video has no frames")
+            if count > limits.max_video_frames:
+                raise MediaError(f"{media.name}: {count} frames, over the limit of {limits.max_video_frames}")
+            if count / fps > limits.max_video_seconds:
+                raise MediaError(f"{media.name}: {count / fps:.1f} s of video, over the limit of "
+                                 f"{limits.max_video_seconds} s")
+            picks = [min(count - 1, int(k * fps / ARRAY_VIDEO_FPS))
+                     for k in range(max(1, round(count / fps * ARRAY_VIDEO_FPS)))]
+            got = _decode_frames(media, sorted(set(picks)), count, limits)
+            frames = np.stack([got[i] for i in picks])
+    return frames.astype(np.float32).mean(-1, keepdims=True).repeat(3, -1).round().astype(np.uint8)
+
+
 def _read_video_frames(media: Media, limits: InputLimits, clip_duration: float, clips: int,
                        frames_per_clip: int) -> list[np.ndarray]:
     """For each clip, its picked frames as uint8 [T, H, W, 3]. Only those frames are converted."""
     if media.value is not None:
-        a = media.value
-        if a.ndim == 4 and a.shape[-1] != 3 and a.shape[1] == 3:
-            a = a.transpose(0, 2, 3, 1)  # [T, 3, H, W] -> [T, H, W, 3]
-        if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
-            raise MediaError(f"{media.name}: a video array must be uint8 [T, H, W, 3] (or [T, 3, H, W])")
-        _check_pixels(media.name, a.shape[2], a.shape[1], limits)
+        a = _video_array(media, limits)
         fps, count, frames = ARRAY_VIDEO_FPS, a.shape[0], a
     else:
         _refuse_kind(media, "video", "image", "array")

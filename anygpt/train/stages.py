@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from anygpt.config import OUTPUT_MODALITIES, AnyGPTConfig
+from anygpt.config import audio_windows as config_audio_windows
 from anygpt.data import toyworld as tw
 from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, pick, read_dialogs
 from anygpt.data.manifest import read_manifest
@@ -86,10 +87,12 @@ def _write_once(path: Path, write: Callable[[Path], None]) -> str:
     return str(path)
 
 
-def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SOUNDS) -> list[Sample]:
+def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, *,
+                        learn_kinds: bool = True) -> list[Sample]:
     """n "describe this sound" questions about sounds of kinds the world does not have, answered with
-    their kind and length ("A long chord."), as the dialogs' describe answers are. The sounds are
-    written once to `folder` (WAV) and reused when it is there."""
+    their kind and length ("A long chord."), as the dialogs' describe answers are. `learn_kinds=False`:
+    the kind words are not learnt, only the length. The sounds are written once to `folder` (WAV) and
+    reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 3])
     questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "all"] + DESCRIBE["audio"]
@@ -98,8 +101,9 @@ def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] 
         path = _write_once(folder / f"{i:05d}.wav", lambda tmp: tw.save_audio(tmp, item["array"]))
         labels = item["attributes"]
         answer = f"A {labels['length']} {labels['kind']}."
+        unlearnt = () if learn_kinds else (labels["kind"],)
         out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
-                           Turn("assistant", answer)]))
+                           Turn("assistant", answer, unlearnt=unlearnt)]))
     return out
 
 
@@ -397,7 +401,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 novel_audio: int = 0, novel_kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, grey_clips: int = 0,
                 cut_sounds: int = 0, paint_clips: int = 0, lora: bool = False,
                 length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
-                fresh_lora: bool = False, hedge_lengths: bool = False) -> dict:
+                fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
+                audio_windows: str | list | None = None, video_grey: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -414,7 +419,12 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     dialogs' sounds are not learnt (`unlearn_lengths`). `fresh_lora` (stage 3): the LoRA starts anew
     (the projectors and signal rows are kept), so what an earlier LoRA learnt (e.g. each world kind's
     training length) does not carry over. `hedge_lengths` (stages 1 and 3): the length words of every
-    answer about a sound, world or novel, are learnt as soft targets (`hedge_length_words`)."""
+    answer about a sound, world or novel, are learnt as soft targets (`hedge_length_words`).
+    `novel_kinds_unlearnt`: the novel sounds teach their length only; their kind words are not learnt,
+    so the LLM never learns to name a world sound by a novel kind heard at that sound's length.
+    `audio_windows` (e.g. "1.5:"): the model reads each sound as its whole and these windows
+    (`AnyGPTConfig.audio_windows`), from now on; its saved config keeps them. `video_grey`: likewise
+    each clip as itself and its grey copy (`AnyGPTConfig.video_grey`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or paint_clips or caption_sounds or caption_clips) and stage == 2:
@@ -439,6 +449,10 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         app = AnyGPT.from_config(config)
     else:
         raise ValueError("train_stage needs a config or an init folder")
+    if audio_windows is not None:
+        app.config.audio_windows = app.model.config.audio_windows = config_audio_windows(audio_windows)
+    if video_grey:
+        app.config.video_grey = app.model.config.video_grey = True
     if lora and not app.config.lora.enabled:
         raise ValueError(f"--lora: {init or 'the config'} has no LoRA to train (run stage 3 first)")
     model = app.model
@@ -456,7 +470,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if limit:
         samples = samples[:limit]
     if novel_audio:
-        samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds)
+        samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds,
+                                       learn_kinds=not novel_kinds_unlearnt)
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=length_from_novel or hedge_lengths

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apps.cli import app
-from anygpt.config import AnyGPTConfig, ConfigError, paths_from_env, preset, tiny_preset
+from anygpt.config import AnyGPTConfig, ConfigError, audio_windows, paths_from_env, preset, tiny_preset
 
 
 def test_cli_chat_writes_files(media_dir, tmp_path):
@@ -33,6 +33,12 @@ def test_config_file_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("llm: {path: x}\ndecoders: {smell: {conditioning: [1, 2]}}\n")
     with pytest.raises(ConfigError, match="unknown output modality"):
         AnyGPTConfig.load(tmp_path / "bad.yaml")
+    windowed = AnyGPTConfig.parse({**cfg.model_dump(), "audio_windows": [[1.5, None], [0, 0.9]]})
+    assert windowed.audio_windows == [(1.5, None), (0.0, 0.9)] == audio_windows("1.5:, 0:0.9")
+    with pytest.raises(ConfigError, match="audio_windows.*0 <= start < end"):
+        AnyGPTConfig.parse({**cfg.model_dump(), "audio_windows": [[1.0, 0.5]]})
+    with pytest.raises(ValueError, match="START:END"):
+        audio_windows("tail")
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("gigantic")
     with pytest.raises(ConfigError, match="ANYGPT_VICUNA"):

@@ -147,3 +147,48 @@ def test_media_are_spliced_into_the_embeddings_in_one_place():
     allowed = one | {("anygpt/model.py", name) for name in ("<module>", "__init__", "render", "_processor")} \
         | {("anygpt/llm.py", name) for name in ("<module>", "add_signal_tokens")}
     assert _where(r"media_token_id|MEDIA_TOKEN") <= allowed
+
+
+@torch.inference_mode()
+def test_a_sound_with_windows_takes_a_token_for_itself_and_one_per_window(tiny, media_dir, monkeypatch):
+    """`audio_windows`: a sound's placeholders are its whole and its windows, each the encoder's embedding
+    of that part through the input projector; a caption standing for a sound fills them all; other
+    modalities keep one."""
+    from encoders import audio_window
+    from anygpt.config import audio_windows
+    from anygpt.model import CaptionStandIn
+
+    model = tiny.model
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={"audio_windows": audio_windows("0.5:")}))
+    sound, image = ("audio", str(media_dir / "tone.wav")), ("image", str(media_dir / "red_square.png"))
+    assert model.render([Turn("user", "hi", [sound, image])]).count("<|media|>") == 3
+    got = model.encode_media([sound, image, ("audio", CaptionStandIn("a short whistle"))])
+    proj, enc = model.input_projector, model.encoder
+    tail = audio_window(sound[1], 0.5, None)
+    assert tail.shape == (1, 8000)
+    want = [enc.encode("audio", [sound[1]]), enc.encode("audio", [tail]), enc.encode("image", [image[1]]),
+            enc.encode_text(["a short whistle"]), enc.encode_text(["a short whistle"])]
+    assert got.shape == (5, proj.proj.out_features)
+    for row, emb in zip(got, want):
+        assert torch.allclose(row, proj(emb)[0].float(), atol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-2)  # the tail is not the whole
+    batch = model.prepare_inputs_labels([[Turn("user", "what is this?", [sound])]])
+    slots = (batch.input_ids[0] == model.media_token_id).nonzero()[:, 0]
+    assert slots.tolist() == [slots[0].item(), slots[0].item() + 1]
+    assert torch.allclose(batch.inputs_embeds[0, slots], got[:2].to(batch.inputs_embeds), atol=1e-6)
+
+
+@torch.inference_mode()
+def test_a_clip_with_its_grey_copy_takes_two_tokens(tiny, media_dir, monkeypatch):
+    """`video_grey`: a clip's second token is its grey copy's embedding; a grey clip's two are equal."""
+    from encoders import grey_video
+
+    model = tiny.model
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={"video_grey": True}))
+    clip = str(media_dir / "clip.mp4")  # a green square moving right
+    assert model.render([Turn("user", "hi", [("video", clip), ("image", clip)])]).count("<|media|>") == 3
+    got = model.encode_media([("video", clip), ("video", grey_video(clip))])
+    proj, enc = model.input_projector, model.encoder
+    assert torch.allclose(got[1], proj(enc.encode("video", [grey_video(clip)]))[0].float(), atol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-2)
+    assert torch.allclose(got[2], got[3], atol=1e-5) and torch.allclose(got[1], got[2], atol=1e-5)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from anygpt import AnyGPT
+from anygpt.config import AnyGPTConfig
 from anygpt.data import toyworld
 from anygpt.data.dialogs import make_dialogs, read_dialogs
 from anygpt.errors import InputError
@@ -60,6 +61,23 @@ def test_a_world_sounds_length_words_are_not_learnt_and_the_rest_is(tiny, toy_da
     assert torch.equal(tokenize_sample(tiny.model, picture)[1], tokenize_sample(tiny.model, unlearn_lengths(picture))[1])
     with pytest.raises(ValueError, match="stage 1 on dialogs"):
         train_stage(1, toy_data / "manifest.jsonl", tmp_path / "run", init=tmp_path, length_from_novel=True)
+
+
+def test_novel_sounds_can_teach_their_length_and_not_their_kind(tiny, tmp_path):
+    """`novel_kinds_unlearnt`: a novel sound's answer keeps its length word learnt, its kind words not."""
+    from anygpt.train.stages import novel_sound_samples
+
+    tok = tiny.model.tokenizer
+    told, untold = (novel_sound_samples(6, tmp_path / "novel", 0, learn_kinds=learn) for learn in (True, False))
+    for a, b in zip(told, untold):
+        assert a.turns[1].text == b.turns[1].text and a.turns[0].media == b.turns[0].media
+        ids, labels = tokenize_sample(tiny.model, a)
+        ids2, labels2 = tokenize_sample(tiny.model, b)
+        assert torch.equal(ids, ids2)
+        dropped = tok.decode([i for i, x, y in zip(ids.tolist(), labels, labels2) if x != -100 and y == -100]).strip()
+        kind, length = b.turns[1].unlearnt[0], a.turns[1].text.split()[1]
+        assert dropped == kind and kind in toyworld.NOVEL_SOUNDS
+        assert length in tok.decode([i for i, y in zip(ids2.tolist(), labels2) if y != -100])
 
 
 def test_request_dialogs_ask_for_the_caption_and_reply_before_the_signal_tokens(tiny, toy_data):
@@ -823,8 +841,11 @@ def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direct
                           batch_size=2, seed=0, caption_sounds=3, caption_clips=3, length_from_novel=True)
     assert summary["steps"] == 2 and (tmp_path / "s3" / "model" / "anygpt.safetensors").exists()
     # --fresh-lora: the LoRA starts anew (peft's B is zero), the projectors carry over
+    # (and from here on each sound is read with its tail, each clip with its grey copy: kept in its config)
     train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "s3f", init=tmp_path / "s3" / "model", steps=1,
-                batch_size=2, lr=1e-12, seed=0, fresh_lora=True)
+                batch_size=2, lr=1e-12, seed=0, fresh_lora=True, audio_windows="1.5:", video_grey=True)
+    saved = AnyGPTConfig.load(tmp_path / "s3f" / "model" / "config.json")
+    assert saved.audio_windows == [(1.5, None)] and saved.video_grey
     lora = "lora/adapter_model.safetensors"
     old, new = (load_file(tmp_path / run / "model" / lora) for run in ("s3", "s3f"))
     b = [k for k in old if "lora_B" in k]

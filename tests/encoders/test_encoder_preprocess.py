@@ -158,3 +158,39 @@ def test_imu(tmp_path):
     buf = io.BytesIO()
     np.save(buf, long)
     assert torch.equal(load_and_transform_imu(buf.getvalue()), load_and_transform_imu(long))
+
+
+def test_an_audio_window_is_that_part_of_the_sound_at_16k_and_silence_past_its_end(media_dir):
+    from encoders.preprocess import audio_window
+
+    path = media_dir / "stereo44k.wav"  # 2.5 s, 2 channels, 44.1 kHz
+    whole, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    whole = torchaudio.functional.resample(torch.from_numpy(whole.T.copy()), rate, 16_000)
+    part = audio_window(str(path), 1.5, None)
+    assert part.dtype == np.float32 and part.shape == (2, whole.shape[1] - 24_000)
+    assert np.allclose(part, whole[:, 24_000:].numpy(), atol=1e-6)
+    assert audio_window(str(path), 0.5, 1.0).shape == (2, 8_000)
+    past = audio_window(str(path), 3.0, None)  # nothing left: 25 ms of silence
+    assert past.shape == (2, 400) and not past.any()
+    # an array window reads back as the same samples (arrays are taken at 16 kHz)
+    assert np.array_equal(audio_window(part, 0.25, None), part[:, 4_000:])
+    with pytest.raises(ValueError, match="0 <= start < end"):
+        audio_window(str(path), 1.0, 0.5)
+
+
+@pytest.mark.parametrize("name,fps", [("portrait8fps.mp4", 8), ("landscape12fps.mp4", 12)])
+def test_a_grey_video_is_the_mean_of_the_colours_at_8_fps(media_dir, name, fps):
+    from encoders.preprocess import grey_video
+
+    frames = decode_frames(media_dir / name)  # what the file decodes to, [T, H, W, 3]
+    grey = grey_video(str(media_dir / name))
+    picks = [int(k * fps / 8) for k in range(round(len(frames) / fps * 8))]
+    assert grey.dtype == np.uint8 and grey.shape == (len(picks),) + frames.shape[1:]
+    want = frames[picks].astype(np.float32).mean(-1).round()
+    assert np.array_equal(grey[..., 0], want) and (grey == grey[..., :1]).all()
+    # an array is read at 8 fps as it is, and its grey copy is its own
+    assert np.array_equal(grey_video(frames[:4]), frames[:4].astype(np.float32).mean(-1, keepdims=True).round().repeat(3, -1))
+    assert np.array_equal(grey_video(grey), grey)
+    from encoders.errors import MediaError
+    with pytest.raises(MediaError, match="uint8"):
+        grey_video(np.zeros((4, 8, 8, 3), np.float32))
