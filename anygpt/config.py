@@ -178,12 +178,12 @@ class AnyGPTConfig(_Strict):
         "imu": ("<IMU>", "</IMU>"),
     }
     # More tokens per sound: after the whole sound's token, one per window (seconds from its start;
-    # None: to its end), each the encoder's embedding of that part alone. The tiny preset adds its
-    # tail, (1.5, None): silence for a short sound, so its length is read apart from its kind
-    # (README, "A sound's tail as a second token").
+    # None: to its end), each the encoder's embedding of that part alone. E.g. a toy sound's tail,
+    # (1.5, None): silence for a short sound, so its length is read apart from its kind (README,
+    # "A sound's tail and a clip's grey copy as more tokens"). Saved with a trained model.
     audio_windows: list[tuple[float, float | None]] = []
     # A second token per clip: the encoder's embedding of its grey copy, which shows its shapes'
-    # motion apart from their colours (README, "A clip's grey copy as a second token").
+    # motion apart from their colours (README, the same section).
     video_grey: bool = False
     projector: ProjectorSettings = ProjectorSettings()
     lora: LoraSettings = LoraSettings()

@@ -58,8 +58,9 @@ class Turn:
     unlearnt: tuple[str, ...] = ()
     # training only: (word, other) pairs whose word is learnt as a soft target, `HEDGE` of it on the
     # other word's token: a sure answer pushes its logit without bound, and for a world sound that
-    # push goes to the kind (README, "Lengths and directions learnt from words")
-    hedged: tuple[tuple[str, str], ...] = ()
+    # push goes to the kind (README, "Lengths and directions learnt from words"); or (word, other,
+    # weight) triples with their own weight (0.5: that one of the two is said, not which)
+    hedged: tuple[tuple, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class MultimodalBatch:
     ids: list[list[int]]
     prompt_lengths: list[int]
     others: torch.Tensor | None = None  # [B, L]: a hedged word's other token where `labels` has it, else -100
+    other_weights: torch.Tensor | None = None  # [B, L]: the weight of the target on that other token
 
 
 @dataclass
@@ -334,17 +336,19 @@ class AnyGPTModel(nn.Module):
         return self.tokenize_hedged(turns, reply)[:2]
 
     def tokenize_hedged(self, turns: Sequence[Turn], reply: Sequence[int] | None = None
-                        ) -> tuple[list[int], list[int], list[int]]:
+                        ) -> tuple[list[int], list[int], list[int], list[float]]:
         """Token ids and labels of a conversation (placeholders included). Each assistant turn is
         tokenized apart from what precedes it and learnt (its words, signal tokens and end of turn);
         everything else is -100. A conversation ending with the user's turn ends with the generation
         prompt (what `generate` continues), then `reply` (learnt) when given. The third list holds, at
-        the one token of each hedged word (`Turn.hedged`), the token of its other word, else -100."""
+        the one token of each hedged word (`Turn.hedged`), the token of its other word, else -100; the
+        fourth the weight on that other word there (else 0)."""
         if not turns:
             raise InputError("a conversation needs at least one turn")
         ids: list[int] = []
         labels: list[int] = []
         others: list[int] = []
+        weights: list[float] = []
         done = ""
 
         def spans(words, text):
@@ -360,10 +364,12 @@ class AnyGPTModel(nn.Module):
             piece = enc.input_ids
             ids.extend(piece)
             others.extend([-100] * len(piece))
+            weights.extend([0.0] * len(piece))
             if not learn:
                 labels.extend([-100] * len(piece))
                 return
-            drop, hedge = spans(unlearnt, text), spans(dict(hedged), text)
+            pairs = {h[0]: (h[1], h[2] if len(h) > 2 else HEDGE) for h in hedged}
+            drop, hedge = spans(unlearnt, text), spans(pairs, text)
             if not drop and not hedge:
                 labels.extend(piece)
                 return
@@ -373,7 +379,9 @@ class AnyGPTModel(nn.Module):
             for (s, end), word in hedge:
                 inside = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and s < b]
                 if len(inside) == 1 and labels[start + inside[0]] != -100:  # a word of one token
-                    others[start + inside[0]] = other_token(piece[inside[0]], word, dict(hedged)[word])
+                    at = start + inside[0]
+                    others[at] = other_token(piece[inside[0]], word, pairs[word][0])
+                    weights[at] = pairs[word][1] if others[at] != -100 else 0.0
 
         for k, turn in enumerate(turns):
             if turn.role != "assistant":
@@ -392,9 +400,10 @@ class AnyGPTModel(nn.Module):
                 ids.extend(reply)
                 labels.extend(reply)
                 others.extend([-100] * len(reply))
+                weights.extend([0.0] * len(reply))
         elif reply is not None:
             raise ValueError("a reply follows a conversation that ends with the user's turn")
-        return ids, labels, others
+        return ids, labels, others, weights
 
     def tokenize(self, turns: Sequence[Turn]) -> torch.Tensor:
         """The conversation as token ids [L] (placeholders included), as `prepare_inputs_labels` reads it."""
@@ -430,7 +439,7 @@ class AnyGPTModel(nn.Module):
         if not convs:
             raise ValueError("prepare_inputs_labels needs at least one conversation")
         hedged = [self.tokenize_hedged(c.turns, c.reply) for c in convs]
-        rows = [(ids, lab) for ids, lab, _ in hedged]
+        rows = [(ids, lab) for ids, lab, _, _ in hedged]
         media = [item for c in convs for t in c.turns for item in t.media]
         embed = self.llm.get_input_embeddings()
         device = embed.weight.device
@@ -441,9 +450,10 @@ class AnyGPTModel(nn.Module):
         labels = torch.full((len(rows), length), -100, dtype=torch.long)
         mask = torch.zeros(len(rows), length, dtype=torch.long)
         others = torch.full((len(rows), length), -100, dtype=torch.long)
-        for b, (ids, lab, alt) in enumerate(hedged):
+        weights = torch.zeros(len(rows), length)
+        for b, (ids, lab, alt, w) in enumerate(hedged):
             input_ids[b, :len(ids)], labels[b, :len(ids)], mask[b, :len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
-            others[b, :len(ids)] = torch.tensor(alt)
+            others[b, :len(ids)], weights[b, :len(ids)] = torch.tensor(alt), torch.tensor(w)
         input_ids, labels, mask = input_ids.to(device), labels.to(device), mask.to(device)
         slots = (input_ids == self.media_token_id) & mask.bool()
         for b, c in enumerate(convs):
@@ -454,8 +464,9 @@ class AnyGPTModel(nn.Module):
         if media:  # row-major order of the slots is the order of the conversations' media
             inputs_embeds = inputs_embeds.index_put(tuple(slots.nonzero().T), self.encode_media(media).to(inputs_embeds))
         prompt_lengths = [len(ids) - (len(c.reply) if c.reply is not None else 0) for c, (ids, _) in zip(convs, rows)]
+        hedging = bool((others != -100).any())
         return MultimodalBatch(input_ids, inputs_embeds, mask, labels, [ids for ids, _ in rows], prompt_lengths,
-                               others.to(device) if bool((others != -100).any()) else None)
+                               others.to(device) if hedging else None, weights.to(device) if hedging else None)
 
     def forward(self, conversations: Sequence[Conversation | Sequence[Turn]], *, project: bool = True) -> AnyGPTOutput:
         """The model's one forward pass, for training and for inference's states alike: the batch's
@@ -472,12 +483,13 @@ class AnyGPTModel(nn.Module):
         logits = out.logits[:, :-1].float().flatten(0, 1)
         if batch.others is None:
             loss_sum = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum")
-        else:  # a hedged word's target: 1 - HEDGE on its own token, HEDGE on its other word's
+        else:  # a hedged word's target: 1 - w on its own token, w on its other word's (`Turn.hedged`)
             loss = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="none")
             others = batch.others[:, 1:].flatten()
             hedged = others != -100
+            w = batch.other_weights[:, 1:].flatten()[hedged].to(loss)
             other = F.cross_entropy(logits[hedged], others[hedged], reduction="none")
-            loss = loss.index_put((hedged.nonzero()[:, 0],), (1 - HEDGE) * loss[hedged] + HEDGE * other)
+            loss = loss.index_put((hedged.nonzero()[:, 0],), (1 - w) * loss[hedged] + w * other)
             loss_sum = loss.sum()
         states: list[list[torch.Tensor]] = [[] for _ in runs]
         conditionings: list[list[torch.Tensor]] = [[] for _ in runs]

@@ -503,7 +503,7 @@ def audio_window(item: Any, start: float, end: float | None, limits: InputLimits
     """The part of a sound from `start` to `end` seconds (None: to its end) as a float32
     [channels, samples] array at 16 kHz, the form `encode` takes back. A window that starts
     past the sound's end, or keeps under 25 ms of it, is 25 ms of silence: that the sound is over
-    is what it shows (README, "A sound's tail as a second token")."""
+    is what it shows (README, "A sound's tail and a clip's grey copy as more tokens")."""
     if start < 0 or (end is not None and end <= start):
         raise ValueError(f"an audio window needs 0 <= start < end, got ({start}, {end})")
     limits = limits or DEFAULT_LIMITS
@@ -547,8 +547,9 @@ def _video_array(media: Media, limits: InputLimits) -> np.ndarray:
 
 def grey_video(item: Any, limits: InputLimits | None = None) -> np.ndarray:
     """A clip's grey copy, the mean of its colour channels in all three, as uint8 [T, H, W, 3] at
-    8 fps, the form `encode` takes back: its shapes and motion without their colours (README,
-    "A clip's grey copy as a second token"). A file at another frame rate is sampled at 8 fps."""
+    8 fps (a file at another frame rate is sampled at 8 fps), the form `encode` takes back: its
+    shapes and motion without their colours (README, "A sound's tail and a clip's grey copy as
+    more tokens")."""
     limits = limits or DEFAULT_LIMITS
     media = as_media(item, limits)
     with _reading(media, "video"):

@@ -271,6 +271,19 @@ def hedge_length_words(sample: Sample) -> Sample:
     return dataclasses.replace(sample, turns=turns)
 
 
+def even_length_words(sample: Sample) -> Sample:
+    """The sample with the length words of its answers about attached sounds learnt half and half
+    (`Turn.hedged` at 0.5): that a describe answer names a length is learnt, which length is not. Left
+    out (`unlearn_lengths`), an LLM with a fresh LoRA learns from the world's answers to leave the
+    length out ("A rising sweep."); here the sound, through the novel sounds (every kind at both
+    lengths), decides which (README, "A sound's tail and a clip's grey copy as more tokens")."""
+    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
+        return sample
+    pairs = (("short", "long", 0.5), ("long", "short", 0.5))
+    turns = [dataclasses.replace(t, hedged=pairs) if t.role == "assistant" else t for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
+
+
 def place_runs(model: AnyGPTModel, text: str, runs: list[dict]) -> str:
     """The assistant's words with each output's signal tokens written at its `at` (after the words
     when it has none): "Here is a red circle. [IMG0]..[IMG3] Here is a rising sweep. [AUD0]..".
@@ -402,7 +415,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 cut_sounds: int = 0, paint_clips: int = 0, lora: bool = False,
                 length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
                 fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
-                audio_windows: str | list | None = None, video_grey: bool = False) -> dict:
+                audio_windows: str | list | None = None, video_grey: bool = False,
+                even_lengths: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -424,14 +438,18 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     so the LLM never learns to name a world sound by a novel kind heard at that sound's length.
     `audio_windows` (e.g. "1.5:"): the model reads each sound as its whole and these windows
     (`AnyGPTConfig.audio_windows`), from now on; its saved config keeps them. `video_grey`: likewise
-    each clip as itself and its grey copy (`AnyGPTConfig.video_grey`)."""
+    each clip as itself and its grey copy (`AnyGPTConfig.video_grey`). `even_lengths` (as
+    `length_from_novel`, which it replaces): the length words of the answers about the dialogs'
+    sounds are learnt half and half (`even_length_words`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or paint_clips or caption_sounds or caption_clips) and stage == 2:
         raise ValueError("novel_audio, grey_clips, cut_sounds, paint_clips, caption_sounds and caption_clips "
                          "are for stages 1 and 3 (the stages that read media)")
-    if length_from_novel and not (stage == 3 or (stage == 1 and is_dialogs(data))):
-        raise ValueError("length_from_novel is for stage 1 on dialogs, or stage 3")
+    if (length_from_novel or even_lengths) and not (stage == 3 or (stage == 1 and is_dialogs(data))):
+        raise ValueError("length_from_novel and even_lengths are for stage 1 on dialogs, or stage 3")
+    if even_lengths and (length_from_novel or hedge_lengths):
+        raise ValueError("even_lengths replaces length_from_novel and hedge_lengths: give one")
     if hedge_lengths and (length_from_novel or stage == 2):
         raise ValueError("hedge_lengths is for stages 1 and 3, without length_from_novel")
     if fresh_lora and stage != 3:
@@ -467,6 +485,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples = stage1_samples(examples, rng) if stage == 1 else stage2_samples(model, examples, rng)
     if length_from_novel:
         samples = [unlearn_lengths(s) for s in samples]
+    if even_lengths:
+        samples = [even_length_words(s) for s in samples]
     if limit:
         samples = samples[:limit]
     if novel_audio:
@@ -474,8 +494,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                                        learn_kinds=not novel_kinds_unlearnt)
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
-    cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=length_from_novel or hedge_lengths
-                            ) if cut_sounds else []
+    cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed,
+                            say_length=length_from_novel or hedge_lengths or even_lengths) if cut_sounds else []
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if caption_sounds:

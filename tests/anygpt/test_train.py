@@ -918,13 +918,13 @@ def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
     import torch.nn.functional as F
 
     from anygpt.model import HEDGE, Turn
-    from anygpt.train.stages import Sample, hedge_length_words
+    from anygpt.train.stages import Sample, even_length_words, hedge_length_words
 
     wav = next((toy_data / "audio").iterdir())
     sound = Sample([Turn("user", "describe this sound.", [("audio", str(wav))]),
                     Turn("assistant", "A long rising sweep.")])
     hedged = hedge_length_words(sound)
-    ids, labels, others = tiny.model.tokenize_hedged(hedged.turns)
+    ids, labels, others, weights = tiny.model.tokenize_hedged(hedged.turns)
     tok = tiny.model.tokenizer
     assert [(tok.decode([i]).strip(), tok.decode([o]).strip()) for i, o in zip(ids, others) if o != -100] == [
         ("long", "short")]
@@ -939,3 +939,11 @@ def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
     assert soft.label_count == plain.label_count and torch.allclose(soft.loss_sum, expected, atol=1e-4)
     picture = Sample([Turn("user", "what is drawn here?", [("image", "x.png")]), Turn("assistant", "A long bar.")])
     assert hedge_length_words(picture) is picture
+    # `even_length_words`: half and half, at the same token
+    even = even_length_words(sound)
+    _, _, others2, weights2 = tiny.model.tokenize_hedged(even.turns)
+    assert others2 == others and [w for w in weights2 if w] == [0.5] and [w for w in weights if w] == [HEDGE]
+    with torch.no_grad():
+        half = tiny.model([even.turns])
+    assert torch.allclose(half.loss_sum, plain.loss_sum - own + 0.5 * own + 0.5 * other, atol=1e-4)
+    assert even_length_words(picture) is picture
