@@ -185,6 +185,8 @@ class AnyGPTConfig(_Strict):
     # A second token per clip: the encoder's embedding of its grey copy, which shows its shapes'
     # motion apart from their colours (README, the same section).
     video_grey: bool = False
+    # A further token per clip: its middle frame read as a picture, its colours without its motion.
+    video_still: bool = False
     projector: ProjectorSettings = ProjectorSettings()
     lora: LoraSettings = LoraSettings()
     max_new_tokens: int = 64

@@ -38,7 +38,7 @@ from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, Pr
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.cache_utils import DynamicLayer
 
-from encoders import audio_window, grey_video
+from encoders import audio_window, grey_video, middle_frame
 
 from anygpt.config import AnyGPTConfig
 from anygpt.errors import InputError
@@ -300,17 +300,20 @@ class AnyGPTModel(nn.Module):
 
     # -- 1. prompt ----------------------------------------------------------------------------
     def slots(self, modality: str) -> int:
-        """Placeholders (input tokens) per media item: one, and a sound's windows (`audio_windows`) or
-        a clip's grey copy (`video_grey`)."""
+        """Placeholders (input tokens) per media item: one, and one per view (`views`)."""
         return 1 + len(self.views(modality))
 
-    def views(self, modality: str) -> list[Callable[[Any], Any]]:
-        """What becomes of an item of this modality for each of its tokens after the first."""
+    def views(self, modality: str) -> list[tuple[str, Callable[[Any], Any]]]:
+        """An item's further tokens, each (the modality it is encoded as, what becomes of the item):
+        a sound's windows (`audio_windows`); a clip's grey copy (`video_grey`) and middle frame, as
+        a picture (`video_still`)."""
         limits = getattr(self.encoder, "limits", None)
         if modality == "audio":
-            return [functools.partial(audio_window, start=a, end=b, limits=limits) for a, b in self.config.audio_windows]
-        if modality == "video" and self.config.video_grey:
-            return [functools.partial(grey_video, limits=limits)]
+            return [("audio", functools.partial(audio_window, start=a, end=b, limits=limits))
+                    for a, b in self.config.audio_windows]
+        if modality == "video":
+            return ([("video", functools.partial(grey_video, limits=limits))] * self.config.video_grey
+                    + [("image", functools.partial(middle_frame, limits=limits))] * self.config.video_still)
         return []
 
     def render(self, turns: list[Turn], add_generation_prompt: bool = True) -> str:
@@ -414,8 +417,8 @@ class AnyGPTModel(nn.Module):
         item's own embedding, then its views' (`views`: a sound's windows, a clip's grey copy). Items
         of a modality share a batch; `CaptionStandIn` items go through the encoder's text branch
         together, a caption filling its item's every slot."""
-        media = [(m, y) for m, x in media
-                 for y in [x] + [x if isinstance(x, CaptionStandIn) else view(x) for view in self.views(m)]]
+        media = [part for m, x in media for part in [(m, x)] + [
+            (m, x) if isinstance(x, CaptionStandIn) else (as_modality, view(x)) for as_modality, view in self.views(m)]]
         weight = self.input_projector.proj.weight
         out = torch.empty(len(media), self.input_projector.proj.out_features, device=weight.device)
         for modality in dict.fromkeys(m for m, _ in media):

@@ -488,6 +488,8 @@ def _stage_command(stage: int):
         even_lengths: Annotated[bool, typer.Option("--even-lengths", help="Stage 1 on dialogs, or stage 3: the "
                                                    "length words of answers about the world's sounds are "
                                                    "learnt half and half (that one is said, not which).")] = False,
+        video_still: Annotated[bool, typer.Option("--video-still", help="Read each clip with its middle frame "
+                                                  "as a picture too; saved in the model's config.")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -500,7 +502,8 @@ def _stage_command(stage: int):
                     length_from_novel=length_from_novel, caption_sounds=caption_sounds,
                     caption_clips=caption_clips, fresh_lora=fresh_lora,
                     hedge_lengths=hedge_lengths, novel_kinds_unlearnt=novel_kinds_unlearnt,
-                    audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths)
+                    audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths,
+                    video_still=video_still)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

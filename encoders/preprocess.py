@@ -545,31 +545,41 @@ def _video_array(media: Media, limits: InputLimits) -> np.ndarray:
     return a
 
 
-def grey_video(item: Any, limits: InputLimits | None = None) -> np.ndarray:
-    """A clip's grey copy, the mean of its colour channels in all three, as uint8 [T, H, W, 3] at
-    8 fps (a file at another frame rate is sampled at 8 fps), the form `encode` takes back: its
-    shapes and motion without their colours (README, "A sound's tail and a clip's grey copy as
-    more tokens")."""
+def video_frames(item: Any, limits: InputLimits | None = None) -> np.ndarray:
+    """A clip's frames as uint8 [T, H, W, 3] at 8 fps, the rate an array is read at (a file at
+    another frame rate is sampled at 8 fps)."""
     limits = limits or DEFAULT_LIMITS
     media = as_media(item, limits)
     with _reading(media, "video"):
         if media.value is not None:
-            frames = _video_array(media, limits)
-        else:
-            _refuse_kind(media, "video", "image", "array")
-            fps, count = _probe_video(media, limits)
-            if count == 0:
-                raise MediaError(f"{media.name}: the video has no frames")
-            if count > limits.max_video_frames:
-                raise MediaError(f"{media.name}: {count} frames, over the limit of {limits.max_video_frames}")
-            if count / fps > limits.max_video_seconds:
-                raise MediaError(f"{media.name}: {count / fps:.1f} s of video, over the limit of "
-                                 f"{limits.max_video_seconds} s")
-            picks = [min(count - 1, int(k * fps / ARRAY_VIDEO_FPS))
-                     for k in range(max(1, round(count / fps * ARRAY_VIDEO_FPS)))]
-            got = _decode_frames(media, sorted(set(picks)), count, limits)
-            frames = np.stack([got[i] for i in picks])
+            return _video_array(media, limits)
+        _refuse_kind(media, "video", "image", "array")
+        fps, count = _probe_video(media, limits)
+        if count == 0:
+            raise MediaError(f"{media.name}: the video has no frames")
+        if count > limits.max_video_frames:
+            raise MediaError(f"{media.name}: {count} frames, over the limit of {limits.max_video_frames}")
+        if count / fps > limits.max_video_seconds:
+            raise MediaError(f"{media.name}: {count / fps:.1f} s of video, over the limit of "
+                             f"{limits.max_video_seconds} s")
+        picks = [min(count - 1, int(k * fps / ARRAY_VIDEO_FPS)) for k in range(max(1, round(count / fps * ARRAY_VIDEO_FPS)))]
+        got = _decode_frames(media, sorted(set(picks)), count, limits)
+        return np.stack([got[i] for i in picks])
+
+
+def grey_video(item: Any, limits: InputLimits | None = None) -> np.ndarray:
+    """A clip's grey copy, the mean of its colour channels in all three, as uint8 [T, H, W, 3] at
+    8 fps (`video_frames`), the form `encode` takes back: its shapes and motion without their
+    colours (README, "A sound's tail and a clip's grey copy as more tokens")."""
+    frames = video_frames(item, limits)
     return frames.astype(np.float32).mean(-1, keepdims=True).repeat(3, -1).round().astype(np.uint8)
+
+
+def middle_frame(item: Any, limits: InputLimits | None = None) -> np.ndarray:
+    """A clip's middle frame, uint8 [H, W, 3], to read as a picture: its shapes and colours without
+    their motion (README, "A sound's tail and a clip's grey copy as more tokens")."""
+    frames = video_frames(item, limits)
+    return np.ascontiguousarray(frames[len(frames) // 2])
 
 
 def _read_video_frames(media: Media, limits: InputLimits, clip_duration: float, clips: int,

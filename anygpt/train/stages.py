@@ -416,7 +416,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
                 fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
                 audio_windows: str | list | None = None, video_grey: bool = False,
-                even_lengths: bool = False) -> dict:
+                even_lengths: bool = False, video_still: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -438,7 +438,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     so the LLM never learns to name a world sound by a novel kind heard at that sound's length.
     `audio_windows` (e.g. "1.5:"): the model reads each sound as its whole and these windows
     (`AnyGPTConfig.audio_windows`), from now on; its saved config keeps them. `video_grey`: likewise
-    each clip as itself and its grey copy (`AnyGPTConfig.video_grey`). `even_lengths` (as
+    each clip as itself and its grey copy (`AnyGPTConfig.video_grey`), and `video_still` its middle
+    frame as a picture (`AnyGPTConfig.video_still`). `even_lengths` (as
     `length_from_novel`, which it replaces): the length words of the answers about the dialogs'
     sounds are learnt half and half (`even_length_words`)."""
     if stage not in (1, 2, 3):
@@ -471,6 +472,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         app.config.audio_windows = app.model.config.audio_windows = config_audio_windows(audio_windows)
     if video_grey:
         app.config.video_grey = app.model.config.video_grey = True
+    if video_still:
+        app.config.video_still = app.model.config.video_still = True
     if lora and not app.config.lora.enabled:
         raise ValueError(f"--lora: {init or 'the config'} has no LoRA to train (run stage 3 first)")
     model = app.model

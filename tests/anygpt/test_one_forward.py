@@ -179,9 +179,10 @@ def test_a_sound_with_windows_takes_a_token_for_itself_and_one_per_window(tiny, 
 
 
 @torch.inference_mode()
-def test_a_clip_with_its_grey_copy_takes_two_tokens(tiny, media_dir, monkeypatch):
-    """`video_grey`: a clip's second token is its grey copy's embedding; a grey clip's two are equal."""
-    from encoders import grey_video
+def test_a_clip_takes_a_token_for_its_grey_copy_and_one_for_its_middle_frame(tiny, media_dir, monkeypatch):
+    """`video_grey`: a clip's second token is its grey copy's embedding (a grey clip's two are equal);
+    `video_still`: the next is its middle frame's, read as a picture."""
+    from encoders import grey_video, middle_frame
 
     model = tiny.model
     monkeypatch.setattr(model, "config", model.config.model_copy(update={"video_grey": True}))
@@ -192,3 +193,11 @@ def test_a_clip_with_its_grey_copy_takes_two_tokens(tiny, media_dir, monkeypatch
     assert torch.allclose(got[1], proj(enc.encode("video", [grey_video(clip)]))[0].float(), atol=1e-5)
     assert not torch.allclose(got[0], got[1], atol=1e-2)
     assert torch.allclose(got[2], got[3], atol=1e-5) and torch.allclose(got[1], got[2], atol=1e-5)
+
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={"video_still": True}))
+    frame = middle_frame(clip)
+    r, g, b = frame[30, 2 + 3 * 8 + 10].tolist()  # frame 8 of 16: the green square's centre there
+    assert frame.shape == (64, 64, 3) and g > 150 and r < 100 and b < 100 and not frame[30, 5].any()
+    got = model.encode_media([("video", clip)])
+    assert got.shape[0] == model.slots("video") == 3
+    assert torch.allclose(got[2], proj(enc.encode("image", [frame]))[0].float(), atol=1e-5)
