@@ -843,9 +843,13 @@ def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direct
     # --fresh-lora: the LoRA starts anew (peft's B is zero), the projectors carry over
     # (and from here on each sound is read with its tail, each clip with its grey copy: kept in its config)
     train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "s3f", init=tmp_path / "s3" / "model", steps=1,
-                batch_size=2, lr=1e-12, seed=0, fresh_lora=True, audio_windows="1.5:", video_grey=True)
+                batch_size=2, lr=1e-12, seed=0, fresh_lora=True, audio_windows="1.5:", video_grey=True,
+                video_still=True, even_lengths=True, novel_audio=2, novel_kinds_unlearnt=True)
     saved = AnyGPTConfig.load(tmp_path / "s3f" / "model" / "config.json")
-    assert saved.audio_windows == [(1.5, None)] and saved.video_grey
+    assert saved.audio_windows == [(1.5, None)] and saved.video_grey and saved.video_still
+    with pytest.raises(ValueError, match="even_lengths replaces"):
+        train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "x", init=tmp_path / "s3" / "model",
+                    even_lengths=True, length_from_novel=True)
     lora = "lora/adapter_model.safetensors"
     old, new = (load_file(tmp_path / run / "model" / lora) for run in ("s3", "s3f"))
     b = [k for k in old if "lora_B" in k]
