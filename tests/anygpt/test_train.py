@@ -918,7 +918,8 @@ def test_cut_sounds_are_shorter_than_either_length_and_answered_with_their_kind(
 
 def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
     """`hedge_length_words`: the length word's loss is 0.9 of its own cross-entropy and 0.1 of the other
-    length's, at its one token; every other token's loss is as before; a picture's answer is left whole."""
+    length's, at its one token; every other token's loss is as before; a picture's answer is left whole.
+    `even_length_words`: the same at 0.5 / 0.5."""
     import torch.nn.functional as F
 
     from anygpt.model import HEDGE, Turn
