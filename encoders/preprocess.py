@@ -477,7 +477,6 @@ def load_and_transform_audio(
         raise ValueError(f"audio pad must be one of {AUDIO_PADS}, got {pad!r}")
     limits = limits or DEFAULT_LIMITS
     media = as_media(item, limits)
-    sample_rate = ARRAY_AUDIO_RATE  # what an array is read back at
     with _reading(media, "audio"):
         waveform, rate = load_audio(media, limits)
         if rate != sample_rate:
@@ -496,7 +495,6 @@ def load_and_transform_audio(
                 clip = F.pad(clip, (0, short))
             clips.append(_melspec(clip, sample_rate, num_mel_bins, target_length))
         return (torch.stack(clips) - AUDIO_MEAN) / AUDIO_STD
-
 
 
 def audio_window(item: Any, start: float, end: float | None, limits: InputLimits | None = None) -> np.ndarray:
