@@ -560,7 +560,8 @@ def video_frames(item: Any, limits: InputLimits | None = None) -> np.ndarray:
         if count / fps > limits.max_video_seconds:
             raise MediaError(f"{media.name}: {count / fps:.1f} s of video, over the limit of "
                              f"{limits.max_video_seconds} s")
-        picks = [min(count - 1, int(k * fps / ARRAY_VIDEO_FPS)) for k in range(max(1, round(count / fps * ARRAY_VIDEO_FPS)))]
+        steps = max(1, round(count / fps * ARRAY_VIDEO_FPS))
+        picks = [min(count - 1, int(k * fps / ARRAY_VIDEO_FPS)) for k in range(steps)]
         got = _decode_frames(media, sorted(set(picks)), count, limits)
         return np.stack([got[i] for i in picks])
 
