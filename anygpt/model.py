@@ -308,13 +308,15 @@ class AnyGPTModel(nn.Module):
         a sound's windows (`audio_windows`); a clip's grey copy (`video_grey`) and middle frame, as
         a picture (`video_still`)."""
         limits = getattr(self.encoder, "limits", None)
+        views = []
         if modality == "audio":
-            return [("audio", functools.partial(audio_window, start=a, end=b, limits=limits))
-                    for a, b in self.config.audio_windows]
-        if modality == "video":
-            return ([("video", functools.partial(grey_video, limits=limits))] * self.config.video_grey
-                    + [("image", functools.partial(middle_frame, limits=limits))] * self.config.video_still)
-        return []
+            views += [("audio", functools.partial(audio_window, start=a, end=b, limits=limits))
+                      for a, b in self.config.audio_windows]
+        if modality == "video" and self.config.video_grey:
+            views.append(("video", functools.partial(grey_video, limits=limits)))
+        if modality == "video" and self.config.video_still:
+            views.append(("image", functools.partial(middle_frame, limits=limits)))
+        return views
 
     def render(self, turns: list[Turn], add_generation_prompt: bool = True) -> str:
         """The conversation as the LLM sees it: its chat template, `slots` placeholders per media item."""

@@ -543,6 +543,15 @@ def _video_array(media: Media, limits: InputLimits) -> np.ndarray:
     return a
 
 
+def _check_video_length(media: Media, fps: float, count: int, limits: InputLimits) -> None:
+    if count == 0:
+        raise MediaError(f"{media.name}: the video has no frames")
+    if count > limits.max_video_frames:
+        raise MediaError(f"{media.name}: {count} frames, over the limit of {limits.max_video_frames}")
+    if count / fps > limits.max_video_seconds:
+        raise MediaError(f"{media.name}: {count / fps:.1f} s of video, over the limit of {limits.max_video_seconds} s")
+
+
 def video_frames(item: Any, limits: InputLimits | None = None) -> np.ndarray:
     """A clip's frames as uint8 [T, H, W, 3] at 8 fps, the rate an array is read at (a file at
     another frame rate is sampled at 8 fps)."""
@@ -553,13 +562,7 @@ def video_frames(item: Any, limits: InputLimits | None = None) -> np.ndarray:
             return _video_array(media, limits)
         _refuse_kind(media, "video", "image", "array")
         fps, count = _probe_video(media, limits)
-        if count == 0:
-            raise MediaError(f"{media.name}: the video has no frames")
-        if count > limits.max_video_frames:
-            raise MediaError(f"{media.name}: {count} frames, over the limit of {limits.max_video_frames}")
-        if count / fps > limits.max_video_seconds:
-            raise MediaError(f"{media.name}: {count / fps:.1f} s of video, over the limit of "
-                             f"{limits.max_video_seconds} s")
+        _check_video_length(media, fps, count, limits)
         steps = max(1, round(count / fps * ARRAY_VIDEO_FPS))
         picks = [min(count - 1, int(k * fps / ARRAY_VIDEO_FPS)) for k in range(steps)]
         got = _decode_frames(media, sorted(set(picks)), count, limits)
@@ -590,13 +593,8 @@ def _read_video_frames(media: Media, limits: InputLimits, clip_duration: float, 
     else:
         _refuse_kind(media, "video", "image", "array")
         (fps, count), frames = _probe_video(media, limits), None
-    if count == 0:
-        raise MediaError(f"{media.name}: the video has no frames")
-    if count > limits.max_video_frames:
-        raise MediaError(f"{media.name}: {count} frames, over the limit of {limits.max_video_frames}")
+    _check_video_length(media, fps, count, limits)
     duration = count / fps  # as decord's reader gives it to pytorchvideo
-    if duration > limits.max_video_seconds:
-        raise MediaError(f"{media.name}: {duration:.1f} s of video, over the limit of {limits.max_video_seconds} s")
     picks = [_frame_indices(fps, count, s, e, frames_per_clip)
              for s, e in clip_timepoints(duration, clip_duration, clips)]
     if not all(picks):

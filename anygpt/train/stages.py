@@ -468,12 +468,11 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         app = AnyGPT.from_config(config)
     else:
         raise ValueError("train_stage needs a config or an init folder")
+    # (the model holds the app's config itself: it reads them from here on, and saves them)
     if audio_windows is not None:
-        app.config.audio_windows = app.model.config.audio_windows = config_audio_windows(audio_windows)
-    if video_grey:
-        app.config.video_grey = app.model.config.video_grey = True
-    if video_still:
-        app.config.video_still = app.model.config.video_still = True
+        app.config.audio_windows = config_audio_windows(audio_windows)
+    app.config.video_grey |= video_grey
+    app.config.video_still |= video_still
     if lora and not app.config.lora.enabled:
         raise ValueError(f"--lora: {init or 'the config'} has no LoRA to train (run stage 3 first)")
     model = app.model
