@@ -459,6 +459,8 @@ def _stage_command(stage: int):
                                                      "move.")] = 0,
         cut_sounds: Annotated[int, typer.Option(help="Stages 1, 3: also this many world sounds cut shorter than either "
                                                      "length, asked their kind.")] = 0,
+        stretched_sounds: Annotated[int, typer.Option(help="Stages 1, 3: also this many world sounds drawn out "
+                                                           "longer than either length, asked their kind.")] = 0,
         paint_clips: Annotated[int, typer.Option(help="Stages 1, 3: also this many clips in colours the toy world "
                                                       "does not have, asked which way they move or described.")] = 0,
         lora: Annotated[bool, typer.Option("--lora", help="Stage 1 on dialogs: train the LoRA too (text-only "
@@ -503,7 +505,7 @@ def _stage_command(stage: int):
                     caption_clips=caption_clips, fresh_lora=fresh_lora,
                     hedge_lengths=hedge_lengths, novel_kinds_unlearnt=novel_kinds_unlearnt,
                     audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths,
-                    video_still=video_still)
+                    video_still=video_still, stretched_sounds=stretched_sounds)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -159,23 +159,31 @@ def paint_clip_samples(n: int, folder: Path, seed: int) -> list[Sample]:
 # Cut sounds last this long (seconds): below both length classes (toyworld.LENGTHS), so no cut sound is
 # a held-out kind-length pair, as the tiny encoder's cut copies (anygpt/train/tiny_encoder.py).
 CUT_SECONDS = (0.4, 0.95)
+# Stretched sounds last longer than the long class, for the same reason: with them and the cut sounds,
+# a world kind comes at lengths other than its training one without forming a held-out pair (README,
+# "A sound's head, and sounds past either length").
+STRETCH_SECONDS = (2.05, 2.4)
 
 
-def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False) -> list[Sample]:
+def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False,
+                      seconds: tuple[float, float] = CUT_SECONDS) -> list[Sample]:
     """n "what kind of sound is this?" questions about world sounds of the training split rendered
-    0.4-0.95 s long (`CUT_SECONDS`), answered with their kind alone, or with `say_length` as the
+    0.4-0.95 s long (`CUT_SECONDS`; or `seconds`, e.g. `STRETCH_SECONDS`), answered with their kind alone, or with `say_length` as the
     dialogs answer a kind, with the length the kind has in the training split ("It is a long pulsing
     beeps."), that word not learnt (`unlearn_lengths`): an answer without a length word would teach
     the LLM to drop the length of world sounds. The sounds are written once to `folder` (WAV) and
     reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 6])
+    if any(seconds[1] >= lo and seconds[0] <= hi for lo, hi in tw.LENGTHS.values()):
+        raise ValueError(f"sounds of {seconds[0]}-{seconds[1]} s overlap a length class {tw.LENGTHS}: "
+                         "some would be held-out kind-length pairs")
+    rng = np.random.default_rng([seed, 6] if seconds == CUT_SECONDS else [seed, 7])
     questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "kind"]
     out = []
     for i in range(n):
         spec = tw.sample("audio", rng)
         kind = f"{spec.labels()['length']} {spec.kind}" if say_length else spec.kind
-        spec = dataclasses.replace(spec, duration=round(float(rng.uniform(*CUT_SECONDS)), 3))
+        spec = dataclasses.replace(spec, duration=round(float(rng.uniform(*seconds)), 3))
         path = _write_once(folder / f"{i:05d}.wav", lambda tmp: tw.save_audio(tmp, tw.render(spec)))
         answer = ANSWER["kind"][rng.integers(len(ANSWER["kind"]))].format(kind=kind)
         sample = Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
@@ -416,7 +424,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
                 fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
                 audio_windows: str | list | None = None, video_grey: bool = False,
-                even_lengths: bool = False, video_still: bool = False) -> dict:
+                even_lengths: bool = False, video_still: bool = False, stretched_sounds: int = 0) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -426,7 +434,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     media): `novel_audio` sounds of `novel_kinds`, at both lengths (`novel_sound_samples`, written
     under out/novel-audio); `grey_clips` grey clips asked their direction (`grey_clip_samples`, under
     out/grey-clips); `cut_sounds` world sounds cut short asked their kind (`cut_sound_samples`, under
-    out/cut-sounds); `paint_clips` clips in colours the world lacks (`paint_clip_samples`, under
+    out/cut-sounds) and `stretched_sounds` likewise drawn out past the long class (under
+    out/stretched-sounds); `paint_clips` clips in colours the world lacks (`paint_clip_samples`, under
     out/paint-clips); `caption_sounds` and `caption_clips` captions in place of sounds and clips
     (`caption_samples`). `lora` (stage 1 on dialogs, from a model with a LoRA): the LoRA trains too.
     `length_from_novel` (stage 1 on dialogs, or stage 3): the length words of the answers about the
@@ -444,8 +453,10 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     sounds are learnt half and half (`even_length_words`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
-    if (novel_audio or grey_clips or cut_sounds or paint_clips or caption_sounds or caption_clips) and stage == 2:
-        raise ValueError("novel_audio, grey_clips, cut_sounds, paint_clips, caption_sounds and caption_clips "
+    if (novel_audio or grey_clips or cut_sounds or stretched_sounds or paint_clips or caption_sounds
+            or caption_clips) and stage == 2:
+        raise ValueError("novel_audio, grey_clips, cut_sounds, stretched_sounds, paint_clips, caption_sounds "
+                         "and caption_clips "
                          "are for stages 1 and 3 (the stages that read media)")
     if (length_from_novel or even_lengths) and not (stage == 3 or (stage == 1 and is_dialogs(data))):
         raise ValueError("length_from_novel and even_lengths are for stage 1 on dialogs, or stage 3")
@@ -498,6 +509,9 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed,
                             say_length=length_from_novel or hedge_lengths or even_lengths) if cut_sounds else []
+    if stretched_sounds:
+        cut += cut_sound_samples(stretched_sounds, out / "stretched-sounds", seed, seconds=STRETCH_SECONDS,
+                                 say_length=length_from_novel or hedge_lengths or even_lengths)
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if caption_sounds:

@@ -916,6 +916,28 @@ def test_cut_sounds_are_shorter_than_either_length_and_answered_with_their_kind(
         assert labels["kind"] in s.turns[1].text and (labels["kind"], labels["length"]) not in toyworld.HELDOUT["audio"]
 
 
+
+def test_stretched_sounds_are_longer_than_either_length_and_no_range_may_overlap_one(tmp_path):
+    """Stretched sounds (`STRETCH_SECONDS`) last more than the long class's most, so none is a held-out
+    pair; a range that overlaps a length class is refused."""
+    from anygpt.eval import probes
+    from anygpt.train.stages import CUT_SECONDS, STRETCH_SECONDS, cut_sound_samples
+
+    assert STRETCH_SECONDS[0] > toyworld.LENGTHS["long"][1]
+    samples = cut_sound_samples(8, tmp_path / "stretched", seed=0, seconds=STRETCH_SECONDS)
+    for s in samples:
+        (modality, path), = s.turns[0].media
+        wave, rate = toyworld.load_audio(path)
+        assert modality == "audio" and STRETCH_SECONDS[0] - 0.01 <= len(wave) / rate <= STRETCH_SECONDS[1] + 0.01
+        assert probes.probe_audio(wave, rate)["length"] == "long"
+    kinds = [next(k for k in toyworld.AUDIO_KINDS if k in s.turns[1].text) for s in samples]
+    assert len(set(kinds)) > 2
+    cut = cut_sound_samples(8, tmp_path / "cut", seed=0, seconds=CUT_SECONDS)  # its own draws
+    assert kinds != [next(k for k in toyworld.AUDIO_KINDS if k in s.turns[1].text) for s in cut]
+    for overlapping in ((1.3, 1.5), (1.9, 2.2), (0.5, 3.0)):
+        with pytest.raises(ValueError, match="overlap a length class"):
+            cut_sound_samples(1, tmp_path / "bad", seed=0, seconds=overlapping)
+
 def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
     """`hedge_length_words`: the length word's loss is 0.9 of its own cross-entropy and 0.1 of the other
     length's, at its one token; every other token's loss is as before; a picture's answer is left whole.
