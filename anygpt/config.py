@@ -182,6 +182,10 @@ class AnyGPTConfig(_Strict):
     # (1.5, None): silence for a short sound, so its length is read apart from its kind (README,
     # "A sound's tail and a clip's grey copy as more tokens"). Saved with a trained model.
     audio_windows: list[tuple[float, float | None]] = []
+    # Then one token per loudness window: the window read as its loudness alone, on a fixed tone
+    # (`encoders.audio_loudness`): whether a sound lasts that long, nothing of its kind (README,
+    # "A sound's head, and sounds past either length").
+    audio_loudness_windows: list[tuple[float, float | None]] = []
     # A second token per clip: the encoder's embedding of its grey copy, which shows its shapes'
     # motion apart from their colours (README, the same section).
     video_grey: bool = False
@@ -203,7 +207,7 @@ class AnyGPTConfig(_Strict):
             raise ValueError(f"unknown output modality {sorted(unknown)}; known: {list(OUTPUT_MODALITIES)}")
         return value
 
-    @field_validator("audio_windows")
+    @field_validator("audio_windows", "audio_loudness_windows")
     @classmethod
     def _windows(cls, value: list) -> list:
         return audio_windows(value)

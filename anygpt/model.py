@@ -38,7 +38,7 @@ from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, Pr
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.cache_utils import DynamicLayer
 
-from encoders import audio_window, grey_video, middle_frame
+from encoders import audio_loudness, audio_window, grey_video, middle_frame
 
 from anygpt.config import AnyGPTConfig
 from anygpt.errors import InputError
@@ -305,13 +305,15 @@ class AnyGPTModel(nn.Module):
 
     def views(self, modality: str) -> list[tuple[str, Callable[[Any], Any]]]:
         """An item's further tokens, each (the modality it is encoded as, what becomes of the item):
-        a sound's windows (`audio_windows`); a clip's grey copy (`video_grey`) and middle frame, as
+        a sound's windows (`audio_windows`) and loudness windows (`audio_loudness_windows`); a clip's grey copy (`video_grey`) and middle frame, as
         a picture (`video_still`)."""
         limits = getattr(self.encoder, "limits", None)
         views = []
         if modality == "audio":
             views += [("audio", functools.partial(audio_window, start=a, end=b, limits=limits))
                       for a, b in self.config.audio_windows]
+            views += [("audio", functools.partial(audio_loudness, start=a, end=b, limits=limits))
+                      for a, b in self.config.audio_loudness_windows]
         if modality == "video" and self.config.video_grey:
             views.append(("video", functools.partial(grey_video, limits=limits)))
         if modality == "video" and self.config.video_still:

@@ -485,6 +485,9 @@ def _stage_command(stage: int):
                                                               "windows, START:END seconds, comma-separated "
                                                               "(e.g. 1.5: its tail); saved in the model's "
                                                               "config.")] = None,
+        audio_loudness: Annotated[Optional[str], typer.Option(help="Then these windows read as their loudness "
+                                                               "alone, on a fixed tone (e.g. 1.5:); saved "
+                                                               "in the model's config.")] = None,
         video_grey: Annotated[bool, typer.Option("--video-grey", help="Read each clip as itself and its grey "
                                                  "copy; saved in the model's config.")] = False,
         even_lengths: Annotated[bool, typer.Option("--even-lengths", help="Stage 1 on dialogs, or stage 3: the "
@@ -505,7 +508,8 @@ def _stage_command(stage: int):
                     caption_clips=caption_clips, fresh_lora=fresh_lora,
                     hedge_lengths=hedge_lengths, novel_kinds_unlearnt=novel_kinds_unlearnt,
                     audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths,
-                    video_still=video_still, stretched_sounds=stretched_sounds)
+                    video_still=video_still, stretched_sounds=stretched_sounds,
+                    audio_loudness=audio_loudness)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

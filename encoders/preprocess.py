@@ -517,6 +517,27 @@ def audio_window(item: Any, start: float, end: float | None, limits: InputLimits
     return np.ascontiguousarray(part.numpy(), dtype=np.float32)
 
 
+
+LOUDNESS_TONE_HZ = 1000.0  # the carrier of `audio_loudness`
+LOUDNESS_HOP_S = 0.01  # its loudness is measured over 10-ms frames
+
+
+def audio_loudness(item: Any, start: float, end: float | None, limits: InputLimits | None = None) -> np.ndarray:
+    """A window of a sound (`audio_window`) with its content replaced by a 1 kHz tone that follows
+    its loudness (RMS over 10-ms frames): how loud the sound is there, and for how long, whatever it
+    is. A toy sound's tail read so says whether the sound lasts that long and nothing of its kind,
+    so a length read from it cannot lean on the kind (README, "A sound's head, and sounds past
+    either length")."""
+    part = audio_window(item, start, end, limits)
+    hop = int(LOUDNESS_HOP_S * ARRAY_AUDIO_RATE)
+    frames = -(-part.shape[1] // hop)
+    padded = np.zeros((part.shape[0], frames * hop), dtype=np.float64)
+    padded[:, :part.shape[1]] = part
+    rms = np.sqrt((padded.reshape(part.shape[0], frames, hop) ** 2).mean(-1))  # [channels, frames]
+    loudness = np.repeat(rms, hop, axis=1)[:, :part.shape[1]] * np.sqrt(2)  # a sine's peak from its RMS
+    t = np.arange(part.shape[1]) / ARRAY_AUDIO_RATE
+    return np.ascontiguousarray(loudness * np.sin(2 * np.pi * LOUDNESS_TONE_HZ * t), dtype=np.float32)
+
 # ---------------------------------------------------------------------------
 # Video
 

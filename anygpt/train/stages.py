@@ -424,7 +424,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 length_from_novel: bool = False, caption_sounds: int = 0, caption_clips: int = 0,
                 fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
                 audio_windows: str | list | None = None, video_grey: bool = False,
-                even_lengths: bool = False, video_still: bool = False, stretched_sounds: int = 0) -> dict:
+                even_lengths: bool = False, video_still: bool = False, stretched_sounds: int = 0,
+                audio_loudness: str | list | None = None) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -446,7 +447,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     `novel_kinds_unlearnt`: the novel sounds teach their length only; their kind words are not learnt,
     so the LLM never learns to name a world sound by a novel kind heard at that sound's length.
     `audio_windows` (e.g. "1.5:"): the model reads each sound as its whole and these windows
-    (`AnyGPTConfig.audio_windows`), from now on; its saved config keeps them. `video_grey`: likewise
+    (`AnyGPTConfig.audio_windows`), from now on; its saved config keeps them; `audio_loudness` likewise
+    windows read as their loudness alone (`AnyGPTConfig.audio_loudness_windows`). `video_grey`: likewise
     each clip as itself and its grey copy (`AnyGPTConfig.video_grey`), and `video_still` its middle
     frame as a picture (`AnyGPTConfig.video_still`). `even_lengths` (as
     `length_from_novel`, which it replaces): the length words of the answers about the dialogs'
@@ -482,6 +484,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     # (the model holds the app's config itself: it reads them from here on, and saves them)
     if audio_windows is not None:
         app.config.audio_windows = config_audio_windows(audio_windows)
+    if audio_loudness is not None:
+        app.config.audio_loudness_windows = config_audio_windows(audio_loudness)
     app.config.video_grey |= video_grey
     app.config.video_still |= video_still
     if lora and not app.config.lora.enabled:

@@ -151,31 +151,33 @@ def test_media_are_spliced_into_the_embeddings_in_one_place():
 
 @torch.inference_mode()
 def test_a_sound_with_windows_takes_a_token_for_itself_and_one_per_window(tiny, media_dir, monkeypatch):
-    """`audio_windows`: a sound's placeholders are its whole and its windows, each the encoder's embedding
-    of that part through the input projector; a caption standing for a sound fills them all; other
-    modalities keep one."""
-    from encoders import audio_window
+    """`audio_windows`: a sound's placeholders are its whole, its windows and its loudness windows,
+    each the encoder's embedding of that part through the input projector; a caption standing for a
+    sound fills them all; other modalities keep one."""
+    from encoders import audio_loudness, audio_window
     from anygpt.config import audio_windows
     from anygpt.model import CaptionStandIn
 
     model = tiny.model
-    monkeypatch.setattr(model, "config", model.config.model_copy(update={"audio_windows": audio_windows("0.5:")}))
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={
+        "audio_windows": audio_windows("0.5:"), "audio_loudness_windows": audio_windows("0.2:0.6")}))
     sound, image = ("audio", str(media_dir / "tone.wav")), ("image", str(media_dir / "red_square.png"))
-    assert model.render([Turn("user", "hi", [sound, image])]).count("<|media|>") == 3
+    assert model.render([Turn("user", "hi", [sound, image])]).count("<|media|>") == 4
     got = model.encode_media([sound, image, ("audio", CaptionStandIn("a short whistle"))])
     proj, enc = model.input_projector, model.encoder
-    tail = audio_window(sound[1], 0.5, None)
-    assert tail.shape == (1, 8000)
-    want = [enc.encode("audio", [sound[1]]), enc.encode("audio", [tail]), enc.encode("image", [image[1]]),
-            enc.encode_text(["a short whistle"]), enc.encode_text(["a short whistle"])]
-    assert got.shape == (5, proj.proj.out_features)
+    tail, loud = audio_window(sound[1], 0.5, None), audio_loudness(sound[1], 0.2, 0.6)
+    assert tail.shape == (1, 8000) and loud.shape == (1, 6400)
+    want = [enc.encode("audio", [sound[1]]), enc.encode("audio", [tail]), enc.encode("audio", [loud]),
+            enc.encode("image", [image[1]])] + [enc.encode_text(["a short whistle"])] * 3
+    assert got.shape == (7, proj.proj.out_features)
     for row, emb in zip(got, want):
         assert torch.allclose(row, proj(emb)[0].float(), atol=1e-5)
     assert not torch.allclose(got[0], got[1], atol=1e-2)  # the tail is not the whole
+    assert not torch.allclose(got[1], got[2], atol=1e-2)  # nor its loudness
     batch = model.prepare_inputs_labels([[Turn("user", "what is this?", [sound])]])
     slots = (batch.input_ids[0] == model.media_token_id).nonzero()[:, 0]
-    assert slots.tolist() == [slots[0].item(), slots[0].item() + 1]
-    assert torch.allclose(batch.inputs_embeds[0, slots], got[:2].to(batch.inputs_embeds), atol=1e-6)
+    assert slots.tolist() == [slots[0].item() + i for i in range(3)]
+    assert torch.allclose(batch.inputs_embeds[0, slots], got[:3].to(batch.inputs_embeds), atol=1e-6)
 
 
 @torch.inference_mode()

@@ -843,10 +843,13 @@ def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direct
     # --fresh-lora: the LoRA starts anew (peft's B is zero), the projectors carry over
     # (and from here on each sound is read with its tail, each clip with its grey copy: kept in its config)
     train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "s3f", init=tmp_path / "s3" / "model", steps=1,
-                batch_size=2, lr=1e-12, seed=0, fresh_lora=True, audio_windows="1.5:", video_grey=True,
-                video_still=True, even_lengths=True, novel_audio=2, novel_kinds_unlearnt=True)
+                batch_size=2, lr=1e-12, seed=0, fresh_lora=True, audio_windows="0:0.9", video_grey=True,
+                video_still=True, even_lengths=True, novel_audio=2, novel_kinds_unlearnt=True,
+                audio_loudness="1.5:", stretched_sounds=2)
     saved = AnyGPTConfig.load(tmp_path / "s3f" / "model" / "config.json")
-    assert saved.audio_windows == [(1.5, None)] and saved.video_grey and saved.video_still
+    assert saved.audio_windows == [(0.0, 0.9)] and saved.audio_loudness_windows == [(1.5, None)]
+    assert saved.video_grey and saved.video_still
+    assert len(list((tmp_path / "s3f" / "stretched-sounds").glob("*.wav"))) == 2
     with pytest.raises(ValueError, match="even_lengths replaces"):
         train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "x", init=tmp_path / "s3" / "model",
                     even_lengths=True, length_from_novel=True)

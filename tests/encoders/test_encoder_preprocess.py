@@ -178,6 +178,26 @@ def test_an_audio_window_is_that_part_of_the_sound_at_16k_and_silence_past_its_e
         audio_window(str(path), 1.0, 0.5)
 
 
+
+def test_a_loudness_window_is_a_1khz_tone_as_loud_as_the_sound_there_and_the_same_for_any_sound():
+    """`audio_loudness`: two sounds of the same loudness and length read the same whatever they are;
+    the tone's RMS is the sound's; past the sound's end it is silence."""
+    from encoders.preprocess import audio_loudness
+
+    t = np.arange(32_000) / 16_000
+    low, noise = 0.5 * np.sin(2 * np.pi * 220 * t), np.random.default_rng(0).uniform(-1, 1, t.size)
+    noise *= np.sqrt((low ** 2).mean() / (noise ** 2).mean())  # the same RMS as the tone
+    a, b = (audio_loudness(x[None].astype(np.float32), 1.5, None) for x in (low, noise))
+    assert a.shape == b.shape == (1, 8_000) and a.dtype == np.float32
+    rms = lambda x: float(np.sqrt((x ** 2).mean()))
+    assert abs(rms(a) - rms(low[24_000:])) < 0.02 and abs(rms(a) - rms(b)) < 0.03
+    spectrum = np.abs(np.fft.rfft(a[0]))
+    assert abs(np.fft.rfftfreq(a.shape[1], 1 / 16_000)[spectrum.argmax()] - 1000) < 5  # carried on 1 kHz
+    half = np.concatenate([low[:28_000], np.zeros(4_000)])[None].astype(np.float32)  # quiet from 1.75 s
+    c = audio_loudness(half, 1.5, None)
+    assert rms(c[:, :3_800]) > 0.3 and rms(c[:, 4_200:]) == 0
+    assert not audio_loudness(low[None, :20_000].astype(np.float32), 1.5, None).any()  # over: silence
+
 @pytest.mark.parametrize("name,fps", [("portrait8fps.mp4", 8), ("landscape12fps.mp4", 12)])
 def test_a_grey_video_is_the_mean_of_the_colours_at_8_fps(media_dir, name, fps):
     from encoders.preprocess import grey_video
