@@ -305,8 +305,8 @@ class AnyGPTModel(nn.Module):
 
     def views(self, modality: str) -> list[tuple[str, Callable[[Any], Any]]]:
         """An item's further tokens, each (the modality it is encoded as, what becomes of the item):
-        a sound's windows (`audio_windows`) and loudness windows (`audio_loudness_windows`); a clip's grey copy (`video_grey`) and middle frame, as
-        a picture (`video_still`)."""
+        a sound's windows (`audio_windows`) and loudness windows (`audio_loudness_windows`); a clip's
+        grey copy (`video_grey`) and middle frame, as a picture (`video_still`)."""
         limits = getattr(self.encoder, "limits", None)
         views = []
         if modality == "audio":

@@ -517,7 +517,6 @@ def audio_window(item: Any, start: float, end: float | None, limits: InputLimits
     return np.ascontiguousarray(part.numpy(), dtype=np.float32)
 
 
-
 LOUDNESS_TONE_HZ = 1000.0  # the carrier of `audio_loudness`
 LOUDNESS_HOP_S = 0.01  # its loudness is measured over 10-ms frames
 
@@ -537,6 +536,7 @@ def audio_loudness(item: Any, start: float, end: float | None, limits: InputLimi
     loudness = np.repeat(rms, hop, axis=1)[:, :part.shape[1]] * np.sqrt(2)  # a sine's peak from its RMS
     t = np.arange(part.shape[1]) / ARRAY_AUDIO_RATE
     return np.ascontiguousarray(loudness * np.sin(2 * np.pi * LOUDNESS_TONE_HZ * t), dtype=np.float32)
+
 
 # ---------------------------------------------------------------------------
 # Video

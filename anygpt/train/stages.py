@@ -168,9 +168,9 @@ STRETCH_SECONDS = (2.05, 2.4)
 def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False,
                       seconds: tuple[float, float] = CUT_SECONDS) -> list[Sample]:
     """n "what kind of sound is this?" questions about world sounds of the training split rendered
-    0.4-0.95 s long (`CUT_SECONDS`; or `seconds`, e.g. `STRETCH_SECONDS`), answered with their kind alone, or with `say_length` as the
-    dialogs answer a kind, with the length the kind has in the training split ("It is a long pulsing
-    beeps."), that word not learnt (`unlearn_lengths`): an answer without a length word would teach
+    0.4-0.95 s long (`CUT_SECONDS`; or `seconds`, e.g. `STRETCH_SECONDS`), answered with their kind
+    alone, or with `say_length` as the dialogs answer a kind, with the length the kind has in the
+    training split ("It is a long pulsing beeps."), that word not learnt (`unlearn_lengths`): an answer without a length word would teach
     the LLM to drop the length of world sounds. The sounds are written once to `folder` (WAV) and
     reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -458,8 +458,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if (novel_audio or grey_clips or cut_sounds or stretched_sounds or paint_clips or caption_sounds
             or caption_clips) and stage == 2:
         raise ValueError("novel_audio, grey_clips, cut_sounds, stretched_sounds, paint_clips, caption_sounds "
-                         "and caption_clips "
-                         "are for stages 1 and 3 (the stages that read media)")
+                         "and caption_clips are for stages 1 and 3 (the stages that read media)")
     if (length_from_novel or even_lengths) and not (stage == 3 or (stage == 1 and is_dialogs(data))):
         raise ValueError("length_from_novel and even_lengths are for stage 1 on dialogs, or stage 3")
     if even_lengths and (length_from_novel or hedge_lengths):
