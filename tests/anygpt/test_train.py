@@ -919,7 +919,6 @@ def test_cut_sounds_are_shorter_than_either_length_and_answered_with_their_kind(
         assert labels["kind"] in s.turns[1].text and (labels["kind"], labels["length"]) not in toyworld.HELDOUT["audio"]
 
 
-
 def test_stretched_sounds_are_longer_than_either_length_and_no_range_may_overlap_one(tmp_path):
     """Stretched sounds (`STRETCH_SECONDS`) last more than the long class's most, so none is a held-out
     pair; a range that overlaps a length class is refused."""
@@ -940,6 +939,7 @@ def test_stretched_sounds_are_longer_than_either_length_and_no_range_may_overlap
     for overlapping in ((1.3, 1.5), (1.9, 2.2), (0.5, 3.0)):
         with pytest.raises(ValueError, match="overlap a length class"):
             cut_sound_samples(1, tmp_path / "bad", seed=0, seconds=overlapping)
+
 
 def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
     """`hedge_length_words`: the length word's loss is 0.9 of its own cross-entropy and 0.1 of the other

@@ -178,7 +178,6 @@ def test_an_audio_window_is_that_part_of_the_sound_at_16k_and_silence_past_its_e
         audio_window(str(path), 1.0, 0.5)
 
 
-
 def test_a_loudness_window_is_a_1khz_tone_as_loud_as_the_sound_there_and_the_same_for_any_sound():
     """`audio_loudness`: two sounds of the same loudness and length read the same whatever they are;
     the tone's RMS is the sound's; past the sound's end it is silence."""
