@@ -495,6 +495,9 @@ def _stage_command(stage: int):
                                                    "learnt half and half (that one is said, not which).")] = False,
         video_still: Annotated[bool, typer.Option("--video-still", help="Read each clip with its middle frame "
                                                   "as a picture too; saved in the model's config.")] = False,
+        made_lengths_unlearnt: Annotated[bool, typer.Option("--made-lengths-unlearnt", help="Stage 3: the length "
+                                                            "words of replies that make a sound are not learnt "
+                                                            "(the kind gives them away in the toy world).")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -509,7 +512,7 @@ def _stage_command(stage: int):
                     hedge_lengths=hedge_lengths, novel_kinds_unlearnt=novel_kinds_unlearnt,
                     audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths,
                     video_still=video_still, stretched_sounds=stretched_sounds,
-                    audio_loudness=audio_loudness)
+                    audio_loudness=audio_loudness, made_lengths_unlearnt=made_lengths_unlearnt)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

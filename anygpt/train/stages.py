@@ -265,6 +265,19 @@ def unlearn_lengths(sample: Sample) -> Sample:
     return dataclasses.replace(sample, turns=turns)
 
 
+def unlearn_made_lengths(sample: Sample) -> Sample:
+    """The sample with the length words of its replies that make a sound not learnt. In the world's
+    training split each kind comes at one length, so every "Here is a short rising sweep." teaches
+    the words "short rising sweep" together; an answer about a held-out long rising sweep then
+    starts "A short" before the kind is written (README, "Lengths said in replies that make a
+    sound"). The reply still says the length the request asked for: the LLM copies it."""
+    if not any(m == "audio" for m, _ in sample.outputs):
+        return sample
+    turns = [dataclasses.replace(t, unlearnt=tuple(tw.LENGTHS)) if t.role == "assistant" else t
+             for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
+
+
 def hedge_length_words(sample: Sample) -> Sample:
     """The sample with the length words of its answers about attached sounds learnt as soft targets
     (`Turn.hedged`: 0.9 on the length said, 0.1 on the other). A sure target pushes the length's logit
@@ -425,7 +438,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
                 audio_windows: str | list | None = None, video_grey: bool = False,
                 even_lengths: bool = False, video_still: bool = False, stretched_sounds: int = 0,
-                audio_loudness: str | list | None = None) -> dict:
+                audio_loudness: str | list | None = None, made_lengths_unlearnt: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -452,7 +465,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     each clip as itself and its grey copy (`AnyGPTConfig.video_grey`), and `video_still` its middle
     frame as a picture (`AnyGPTConfig.video_still`). `even_lengths` (as
     `length_from_novel`, which it replaces): the length words of the answers about the dialogs'
-    sounds are learnt half and half (`even_length_words`)."""
+    sounds are learnt half and half (`even_length_words`). `made_lengths_unlearnt` (stage 3): the length
+    words of replies that make a sound are not learnt (`unlearn_made_lengths`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or stretched_sounds or paint_clips or caption_sounds
@@ -465,6 +479,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         raise ValueError("even_lengths replaces length_from_novel and hedge_lengths: give one")
     if hedge_lengths and (length_from_novel or stage == 2):
         raise ValueError("hedge_lengths is for stages 1 and 3, without length_from_novel")
+    if made_lengths_unlearnt and stage != 3:
+        raise ValueError("made_lengths_unlearnt is a stage-3 option (the stage that learns the replies)")
     if fresh_lora and stage != 3:
         raise ValueError("fresh_lora is a stage-3 option (stage 3 trains the LoRA)")
     if lora and stage != 1:
@@ -503,6 +519,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples = [unlearn_lengths(s) for s in samples]
     if even_lengths:
         samples = [even_length_words(s) for s in samples]
+    if made_lengths_unlearnt:
+        samples = [unlearn_made_lengths(s) for s in samples]
     if limit:
         samples = samples[:limit]
     if novel_audio:

@@ -63,6 +63,31 @@ def test_a_world_sounds_length_words_are_not_learnt_and_the_rest_is(tiny, toy_da
         train_stage(1, toy_data / "manifest.jsonl", tmp_path / "run", init=tmp_path, length_from_novel=True)
 
 
+def test_a_made_sounds_length_words_are_not_learnt_and_its_signal_tokens_are(tiny, toy_data, tmp_path):
+    """`unlearn_made_lengths`: in a reply that makes a sound, the length word gets label -100 and the
+    rest (words, signal tokens) keeps its label; a reply that makes a picture is left whole."""
+    from anygpt.model import Turn
+    from anygpt.train.stages import Sample, unlearn_made_lengths
+
+    tok = tiny.model.tokenizer
+    reply = "Here is a short rising sweep. " + tiny.model.signal_string("audio")
+    sound = Sample([Turn("user", "play a short rising sweep"), Turn("assistant", reply)],
+                   [("audio", "a short rising sweep")])
+    ids, labels = tokenize_sample(tiny.model, sound)
+    ids2, labels2 = tokenize_sample(tiny.model, unlearn_made_lengths(sound))
+    assert torch.equal(ids, ids2)
+    dropped = [tok.decode([i]).strip() for i, a, b in zip(ids.tolist(), labels, labels2) if a != -100 and b == -100]
+    assert dropped == ["short"]
+    run = tiny.model.find_runs(ids.tolist())[0]
+    assert all(labels2[p] == ids[p] for p in run.positions)
+    picture = Sample([Turn("user", "draw a long red bar"),
+                      Turn("assistant", "Here is a long red bar. " + tiny.model.signal_string("image"))],
+                     [("image", "a long red bar")])
+    assert unlearn_made_lengths(picture) is picture
+    with pytest.raises(ValueError, match="stage-3 option"):
+        train_stage(1, toy_data / "manifest.jsonl", tmp_path / "run", init=tmp_path, made_lengths_unlearnt=True)
+
+
 def test_novel_sounds_can_teach_their_length_and_not_their_kind(tiny, tmp_path):
     """`novel_kinds_unlearnt`: a novel sound's answer keeps its length word learnt, its kind words not."""
     from anygpt.train.stages import novel_sound_samples
