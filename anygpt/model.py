@@ -59,7 +59,8 @@ class Turn:
     # training only: (word, other) pairs whose word is learnt as a soft target, `HEDGE` of it on the
     # other word's token: a sure answer pushes its logit without bound, and for a world sound that
     # push goes to the kind (README, "Lengths and directions learnt from words"); or (word, other,
-    # weight) triples with their own weight (0.5: that one of the two is said, not which)
+    # weight) triples with their own weight (0.5: that one of the two is said, not which; `EITHER`:
+    # either word is right, their summed probability is learnt and the split is left to the rest)
     hedged: tuple[tuple, ...] = ()
 
 
@@ -74,6 +75,7 @@ class CaptionStandIn:
 
 
 HEDGE = 0.1  # the weight a hedged word's target puts on its other word (`Turn.hedged`)
+EITHER = -1.0  # a hedged word's weight meaning "either word": the loss is -log(p(word) + p(other))
 
 
 @dataclass
@@ -495,8 +497,9 @@ class AnyGPTModel(nn.Module):
             others = batch.others[:, 1:].flatten()
             hedged = others != -100
             w = batch.other_weights[:, 1:].flatten()[hedged].to(loss)
-            other = F.cross_entropy(logits[hedged], others[hedged], reduction="none")
-            loss = loss.index_put((hedged.nonzero()[:, 0],), (1 - w) * loss[hedged] + w * other)
+            own, other = loss[hedged], F.cross_entropy(logits[hedged], others[hedged], reduction="none")
+            either = -torch.logaddexp(-own, -other)  # -log(p(word) + p(other))
+            loss = loss.index_put((hedged.nonzero()[:, 0],), torch.where(w == EITHER, either, (1 - w) * own + w * other))
             loss_sum = loss.sum()
         states: list[list[torch.Tensor]] = [[] for _ in runs]
         conditionings: list[list[torch.Tensor]] = [[] for _ in runs]

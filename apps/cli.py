@@ -498,6 +498,9 @@ def _stage_command(stage: int):
         made_lengths_unlearnt: Annotated[bool, typer.Option("--made-lengths-unlearnt", help="Stage 3: the length "
                                                             "words of replies that make a sound are not learnt "
                                                             "(the kind gives them away in the toy world).")] = False,
+        any_lengths: Annotated[bool, typer.Option("--any-lengths", help="Stage 1 on dialogs, or stage 3: either "
+                                                  "length word is right in answers about the world's sounds "
+                                                  "(that one is said; the novel sounds teach which).")] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -512,7 +515,8 @@ def _stage_command(stage: int):
                     hedge_lengths=hedge_lengths, novel_kinds_unlearnt=novel_kinds_unlearnt,
                     audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths,
                     video_still=video_still, stretched_sounds=stretched_sounds,
-                    audio_loudness=audio_loudness, made_lengths_unlearnt=made_lengths_unlearnt)
+                    audio_loudness=audio_loudness, made_lengths_unlearnt=made_lengths_unlearnt,
+                    any_lengths=any_lengths)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

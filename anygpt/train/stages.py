@@ -50,7 +50,7 @@ from anygpt.config import audio_windows as config_audio_windows
 from anygpt.data import toyworld as tw
 from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, pick, read_dialogs
 from anygpt.data.manifest import read_manifest
-from anygpt.model import AnyGPTModel, AnyGPTOutput, CaptionStandIn, Turn
+from anygpt.model import EITHER, AnyGPTModel, AnyGPTOutput, CaptionStandIn, Turn
 from anygpt.pipeline import AnyGPT
 from anygpt.train.alignment import alignment_loss, caption_mask
 from anygpt.train.loop import LoopSettings, console, gather_rows, is_main_process, mean_over_processes, train
@@ -305,6 +305,19 @@ def even_length_words(sample: Sample) -> Sample:
     return dataclasses.replace(sample, turns=turns)
 
 
+def any_length_words(sample: Sample) -> Sample:
+    """The sample with the length words of its answers about attached sounds learnt as "either word"
+    (`Turn.hedged` at `EITHER`): that a describe answer names a length is learnt, and nothing about
+    which. Half and half (`even_length_words`) is a target too: met for world sounds, whose length
+    the sound does show, it teaches the LLM to stop reading the length from a world sound; here only
+    the novel sounds (every kind at both lengths) decide which (README, "Either length word")."""
+    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
+        return sample
+    pairs = (("short", "long", EITHER), ("long", "short", EITHER))
+    turns = [dataclasses.replace(t, hedged=pairs) if t.role == "assistant" else t for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
+
+
 def place_runs(model: AnyGPTModel, text: str, runs: list[dict]) -> str:
     """The assistant's words with each output's signal tokens written at its `at` (after the words
     when it has none): "Here is a red circle. [IMG0]..[IMG3] Here is a rising sweep. [AUD0]..".
@@ -438,7 +451,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 fresh_lora: bool = False, hedge_lengths: bool = False, novel_kinds_unlearnt: bool = False,
                 audio_windows: str | list | None = None, video_grey: bool = False,
                 even_lengths: bool = False, video_still: bool = False, stretched_sounds: int = 0,
-                audio_loudness: str | list | None = None, made_lengths_unlearnt: bool = False) -> dict:
+                audio_loudness: str | list | None = None, made_lengths_unlearnt: bool = False,
+                any_lengths: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -466,17 +480,19 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     frame as a picture (`AnyGPTConfig.video_still`). `even_lengths` (as
     `length_from_novel`, which it replaces): the length words of the answers about the dialogs'
     sounds are learnt half and half (`even_length_words`). `made_lengths_unlearnt` (stage 3): the length
-    words of replies that make a sound are not learnt (`unlearn_made_lengths`)."""
+    words of replies that make a sound are not learnt (`unlearn_made_lengths`). `any_lengths` (as
+    `even_lengths`, which it replaces): either length word is right (`any_length_words`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or stretched_sounds or paint_clips or caption_sounds
             or caption_clips) and stage == 2:
         raise ValueError("novel_audio, grey_clips, cut_sounds, stretched_sounds, paint_clips, caption_sounds "
                          "and caption_clips are for stages 1 and 3 (the stages that read media)")
-    if (length_from_novel or even_lengths) and not (stage == 3 or (stage == 1 and is_dialogs(data))):
-        raise ValueError("length_from_novel and even_lengths are for stage 1 on dialogs, or stage 3")
-    if even_lengths and (length_from_novel or hedge_lengths):
-        raise ValueError("even_lengths replaces length_from_novel and hedge_lengths: give one")
+    if (length_from_novel or even_lengths or any_lengths) and not (stage == 3 or (stage == 1 and is_dialogs(data))):
+        raise ValueError("length_from_novel, even_lengths and any_lengths are for stage 1 on dialogs, or stage 3")
+    if sum((length_from_novel, hedge_lengths, even_lengths, any_lengths)) > 1:
+        raise ValueError("length_from_novel, hedge_lengths, even_lengths and any_lengths each replace the others: "
+                         "give one")
     if hedge_lengths and (length_from_novel or stage == 2):
         raise ValueError("hedge_lengths is for stages 1 and 3, without length_from_novel")
     if made_lengths_unlearnt and stage != 3:
@@ -519,6 +535,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         samples = [unlearn_lengths(s) for s in samples]
     if even_lengths:
         samples = [even_length_words(s) for s in samples]
+    if any_lengths:
+        samples = [any_length_words(s) for s in samples]
     if made_lengths_unlearnt:
         samples = [unlearn_made_lengths(s) for s in samples]
     if limit:
@@ -529,10 +547,10 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed,
-                            say_length=length_from_novel or hedge_lengths or even_lengths) if cut_sounds else []
+                            say_length=length_from_novel or hedge_lengths or even_lengths or any_lengths) if cut_sounds else []
     if stretched_sounds:
         cut += cut_sound_samples(stretched_sounds, out / "stretched-sounds", seed, seconds=STRETCH_SECONDS,
-                                 say_length=length_from_novel or hedge_lengths or even_lengths)
+                                 say_length=length_from_novel or hedge_lengths or even_lengths or any_lengths)
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if caption_sounds:

@@ -969,11 +969,11 @@ def test_stretched_sounds_are_longer_than_either_length_and_no_range_may_overlap
 def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
     """`hedge_length_words`: the length word's loss is 0.9 of its own cross-entropy and 0.1 of the other
     length's, at its one token; every other token's loss is as before; a picture's answer is left whole.
-    `even_length_words`: the same at 0.5 / 0.5."""
+    `even_length_words`: the same at 0.5 / 0.5; `any_length_words`: the loss of either word."""
     import torch.nn.functional as F
 
-    from anygpt.model import HEDGE, Turn
-    from anygpt.train.stages import Sample, even_length_words, hedge_length_words
+    from anygpt.model import EITHER, HEDGE, Turn
+    from anygpt.train.stages import Sample, any_length_words, even_length_words, hedge_length_words
 
     wav = next((toy_data / "audio").iterdir())
     sound = Sample([Turn("user", "describe this sound.", [("audio", str(wav))]),
@@ -1002,3 +1002,13 @@ def test_a_hedged_length_word_is_learnt_as_a_soft_target(tiny, toy_data):
         half = tiny.model([even.turns])
     assert torch.allclose(half.loss_sum, plain.loss_sum - own + 0.5 * own + 0.5 * other, atol=1e-4)
     assert even_length_words(picture) is picture
+    # `any_length_words`: either word, -log(p(long) + p(short)), less than either word's own loss
+    either = any_length_words(sound)
+    _, _, others3, weights3 = tiny.model.tokenize_hedged(either.turns)
+    assert others3 == others and [w for w in weights3 if w] == [EITHER]
+    with torch.no_grad():
+        any_one = tiny.model([either.turns])
+    summed = -torch.log(torch.exp(-own) + torch.exp(-other))
+    assert summed < min(own, other)
+    assert torch.allclose(any_one.loss_sum, plain.loss_sum - own + summed, atol=1e-4)
+    assert any_length_words(picture) is picture
