@@ -74,6 +74,17 @@ class CaptionStandIn:
     text: str
 
 
+@dataclass(frozen=True)
+class ViewsApart:
+    """Training only: a media item whose own token is read from `own` and its views (`AnyGPTModel.views`)
+    each from the item at the same place in `views`; e.g. a sound whose whole is heard at the other
+    length than its loudness tail, so that the LLM learns which token a length is read from (README,
+    "Which token the length is read from")."""
+
+    own: Any
+    views: tuple[Any, ...]
+
+
 HEDGE = 0.1  # the weight a hedged word's target puts on its other word (`Turn.hedged`)
 EITHER = -1.0  # a hedged word's weight meaning "either word": the loss is -log(p(word) + p(other))
 
@@ -423,8 +434,9 @@ class AnyGPTModel(nn.Module):
         item's own embedding, then its views' (`views`: a sound's windows, a clip's grey copy). Items
         of a modality share a batch; `CaptionStandIn` items go through the encoder's text branch
         together, a caption filling its item's every slot."""
-        media = [part for m, x in media for part in [(m, x)] + [
-            (m, x) if isinstance(x, CaptionStandIn) else (as_modality, view(x)) for as_modality, view in self.views(m)]]
+        media = [part for m, x in media for part in [(m, x.own if isinstance(x, ViewsApart) else x)] + [
+            (m, x) if isinstance(x, CaptionStandIn) else (as_modality, view(x.views[i] if isinstance(x, ViewsApart) else x))
+            for i, (as_modality, view) in enumerate(self.views(m))]]
         weight = self.input_projector.proj.weight
         out = torch.empty(len(media), self.input_projector.proj.out_features, device=weight.device)
         for modality in dict.fromkeys(m for m, _ in media):

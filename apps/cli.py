@@ -501,6 +501,10 @@ def _stage_command(stage: int):
         any_lengths: Annotated[bool, typer.Option("--any-lengths", help="Stage 1 on dialogs, or stage 3: either "
                                                   "length word is right in answers about the world's sounds "
                                                   "(that one is said; the novel sounds teach which).")] = False,
+        length_from_loudness: Annotated[bool, typer.Option("--length-from-loudness", help="With --novel-audio "
+                                                           "and loudness windows: every other novel sound is "
+                                                           "heard at the other length but in those windows.")
+                                        ] = False,
     ) -> None:
         from anygpt.train.stages import train_stage
 
@@ -516,7 +520,7 @@ def _stage_command(stage: int):
                     audio_windows=audio_windows, video_grey=video_grey, even_lengths=even_lengths,
                     video_still=video_still, stretched_sounds=stretched_sounds,
                     audio_loudness=audio_loudness, made_lengths_unlearnt=made_lengths_unlearnt,
-                    any_lengths=any_lengths)
+                    any_lengths=any_lengths, length_from_loudness=length_from_loudness)
 
     command.__doc__ = {1: "Stage 1, encoder-side alignment: X -> caption; trains the input projector.",
                        2: "Stage 2, decoder-side alignment: caption -> signal tokens; trains signal rows and output projectors.",

@@ -378,14 +378,14 @@ def sample_novel_audio(rng: np.random.Generator, *, kinds: tuple[str, ...] = NOV
 
 def novel_sounds(n: int, seed: int, kinds: tuple[str, ...] = NOVEL_SOUNDS) -> list[dict]:
     """n sounds of kinds the world does not have (some of `NOVEL_SOUNDS` and `NOVEL_LINES`), at either
-    length (`sample_novel_audio`), as manifest-like items holding their waves ("array") and
-    training-split captions."""
+    length (`sample_novel_audio`), as manifest-like items holding their waves ("array"), their
+    `AudioSpec` ("spec") and training-split captions."""
     rng = np.random.default_rng([seed, 2])
     items = []
     for _ in range(n):
         spec = sample_novel_audio(rng, kinds=tuple(kinds))
         items.append({"modality": "audio", "array": render(spec), "attributes": spec.labels(),
-                      "caption": caption(spec, rng)})
+                      "caption": caption(spec, rng), "spec": spec})
     return items
 
 

@@ -50,7 +50,7 @@ from anygpt.config import audio_windows as config_audio_windows
 from anygpt.data import toyworld as tw
 from anygpt.data.dialogs import ANSWER, ASK, MAKE, is_dialogs, pick, read_dialogs
 from anygpt.data.manifest import read_manifest
-from anygpt.model import EITHER, AnyGPTModel, AnyGPTOutput, CaptionStandIn, Turn
+from anygpt.model import EITHER, AnyGPTModel, AnyGPTOutput, CaptionStandIn, Turn, ViewsApart
 from anygpt.pipeline import AnyGPT
 from anygpt.train.alignment import alignment_loss, caption_mask
 from anygpt.train.loop import LoopSettings, console, gather_rows, is_main_process, mean_over_processes, train
@@ -88,11 +88,13 @@ def _write_once(path: Path, write: Callable[[Path], None]) -> str:
 
 
 def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] = tw.NOVEL_SOUNDS, *,
-                        learn_kinds: bool = True) -> list[Sample]:
+                        learn_kinds: bool = True, apart: tuple[bool, ...] = ()) -> list[Sample]:
     """n "describe this sound" questions about sounds of kinds the world does not have, answered with
     their kind and length ("A long chord."), as the dialogs' describe answers are. `learn_kinds=False`:
-    the kind words are not learnt, only the length. The sounds are written once to `folder` (WAV) and
-    reused when it is there."""
+    the kind words are not learnt, only the length. `apart` (for each of the model's audio views,
+    whether it is read at the told length, e.g. True for its loudness tail alone): every other sound
+    is then read everywhere else at the other length (the same sound drawn out or cut short,
+    `ViewsApart`), so that only those views tell a length. The sounds are written once to `folder` (WAV) and reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 3])
     questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "all"] + DESCRIBE["audio"]
@@ -102,7 +104,14 @@ def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] 
         labels = item["attributes"]
         answer = f"A {labels['length']} {labels['kind']}."
         unlearnt = () if learn_kinds else (labels["kind"],)
-        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", path)]),
+        heard = path
+        if any(apart) and i % 2:
+            other = next(k for k in tw.LENGTHS if k != labels["length"])
+            spec = dataclasses.replace(item["spec"], length=other,
+                                       duration=round(float(rng.uniform(*tw.LENGTHS[other])), 3))
+            at_other = _write_once(folder / f"{i:05d}-other.wav", lambda tmp: tw.save_audio(tmp, tw.render(spec)))
+            heard = ViewsApart(at_other, tuple(path if told else at_other for told in apart))
+        out.append(Sample([Turn("user", questions[rng.integers(len(questions))], [("audio", heard)]),
                            Turn("assistant", answer, unlearnt=unlearnt)]))
     return out
 
@@ -452,7 +461,7 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
                 audio_windows: str | list | None = None, video_grey: bool = False,
                 even_lengths: bool = False, video_still: bool = False, stretched_sounds: int = 0,
                 audio_loudness: str | list | None = None, made_lengths_unlearnt: bool = False,
-                any_lengths: bool = False) -> dict:
+                any_lengths: bool = False, length_from_loudness: bool = False) -> dict:
     """Run one stage; writes out/model (save_pretrained) and returns the loop's summary.
 
     `batch_size` is the global batch: run under `torchrun --nproc_per_node N`, each process takes
@@ -481,7 +490,9 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     `length_from_novel`, which it replaces): the length words of the answers about the dialogs'
     sounds are learnt half and half (`even_length_words`). `made_lengths_unlearnt` (stage 3): the length
     words of replies that make a sound are not learnt (`unlearn_made_lengths`). `any_lengths` (as
-    `even_lengths`, which it replaces): either length word is right (`any_length_words`)."""
+    `even_lengths`, which it replaces): either length word is right (`any_length_words`).
+    `length_from_loudness` (with `novel_audio` and `audio_loudness`): every other novel sound is read
+    at the other length but in its loudness windows (`novel_sound_samples`' `apart`)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if (novel_audio or grey_clips or cut_sounds or stretched_sounds or paint_clips or caption_sounds
@@ -517,6 +528,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
         app.config.audio_windows = config_audio_windows(audio_windows)
     if audio_loudness is not None:
         app.config.audio_loudness_windows = config_audio_windows(audio_loudness)
+    if length_from_loudness and not (novel_audio and app.config.audio_loudness_windows):
+        raise ValueError("length_from_loudness needs novel_audio and loudness windows (audio_loudness)")
     app.config.video_grey |= video_grey
     app.config.video_still |= video_still
     if lora and not app.config.lora.enabled:
@@ -542,8 +555,9 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if limit:
         samples = samples[:limit]
     if novel_audio:
+        apart = (False,) * len(app.config.audio_windows) + (True,) * len(app.config.audio_loudness_windows)
         samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds,
-                                       learn_kinds=not novel_kinds_unlearnt)
+                                       learn_kinds=not novel_kinds_unlearnt, apart=apart if length_from_loudness else ())
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
     cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed,

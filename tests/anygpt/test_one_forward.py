@@ -181,6 +181,32 @@ def test_a_sound_with_windows_takes_a_token_for_itself_and_one_per_window(tiny, 
 
 
 @torch.inference_mode()
+def test_a_sound_read_apart_takes_its_own_token_and_each_view_from_the_item_given(tiny, media_dir, tmp_path,
+                                                                                 monkeypatch):
+    """`ViewsApart` (training only): the item's own token is the encoding of `own`, each view's that
+    view of the item at its place in `views`, the same as those items' own tokens."""
+    import numpy as np
+    import soundfile as sf
+
+    from anygpt.config import audio_windows
+    from anygpt.model import ViewsApart
+
+    model = tiny.model
+    monkeypatch.setattr(model, "config", model.config.model_copy(update={
+        "audio_windows": audio_windows("0:0.5"), "audio_loudness_windows": audio_windows("0.5:")}))
+    tone = str(media_dir / "tone.wav")  # 1 s at 440 Hz
+    t = np.arange(24000) / 16000
+    sf.write(tmp_path / "low.wav", 0.5 * np.sin(2 * np.pi * 200 * t), 16000, subtype="PCM_16")
+    low = str(tmp_path / "low.wav")
+    got = model.encode_media([("audio", ViewsApart(low, (low, tone))), ("audio", tone), ("audio", low)])
+    assert got.shape[0] == 9
+    tone_rows, low_rows = got[3:6], got[6:9]
+    assert torch.allclose(got[0], low_rows[0], atol=1e-5) and torch.allclose(got[1], low_rows[1], atol=1e-5)
+    assert torch.allclose(got[2], tone_rows[2], atol=1e-5)
+    assert not torch.allclose(got[2], low_rows[2], atol=1e-2)
+
+
+@torch.inference_mode()
 def test_a_clip_takes_a_token_for_its_grey_copy_and_one_for_its_middle_frame(tiny, media_dir, monkeypatch):
     """`video_grey`: a clip's second token is its grey copy's embedding (a grey clip's two are equal);
     `video_still`: the next is its middle frame's, read as a picture."""

@@ -63,6 +63,32 @@ def test_a_world_sounds_length_words_are_not_learnt_and_the_rest_is(tiny, toy_da
         train_stage(1, toy_data / "manifest.jsonl", tmp_path / "run", init=tmp_path, length_from_novel=True)
 
 
+def test_novel_sounds_apart_are_heard_at_the_other_length_but_in_the_told_views(tmp_path):
+    """`novel_sound_samples(apart=...)`: every other sound's own token and untold views are read from
+    the same sound at the other length class, its told views (the loudness tail) from the sound
+    the answer describes; the rest are plain paths."""
+    import soundfile as sf
+
+    from anygpt.data import toyworld as tw
+    from anygpt.model import ViewsApart
+    from anygpt.train.stages import novel_sound_samples
+
+    samples = novel_sound_samples(6, tmp_path, seed=0, kinds=("drone", "siren"), learn_kinds=False,
+                                  apart=(False, True))
+    apart = [s for s in samples if isinstance(s.turns[0].media[0][1], ViewsApart)]
+    assert len(apart) == 3
+    for s in samples:
+        item = s.turns[0].media[0][1]
+        told = "long" if " long " in s.turns[1].text else "short"
+        heard = item.views[1] if isinstance(item, ViewsApart) else item
+        lo, hi = tw.LENGTHS[told]
+        assert lo - 0.01 <= sf.info(heard).duration <= hi + 0.01
+        if isinstance(item, ViewsApart):
+            assert item.own == item.views[0] != item.views[1]
+            lo, hi = tw.LENGTHS["short" if told == "long" else "long"]
+            assert lo - 0.01 <= sf.info(item.own).duration <= hi + 0.01
+
+
 def test_a_made_sounds_length_words_are_not_learnt_and_its_signal_tokens_are(tiny, toy_data, tmp_path):
     """`unlearn_made_lengths`: in a reply that makes a sound, the length word gets label -100 and the
     rest (words, signal tokens) keeps its label; a reply that makes a picture is left whole."""
