@@ -277,9 +277,9 @@ def unlearn_lengths(sample: Sample) -> Sample:
 def unlearn_made_lengths(sample: Sample) -> Sample:
     """The sample with the length words of its replies that make a sound not learnt. In the world's
     training split each kind comes at one length, so every "Here is a short rising sweep." teaches
-    the words "short rising sweep" together; an answer about a held-out long rising sweep then
-    starts "A short" before the kind is written (README, "Lengths said in replies that make a
-    sound"). The reply still says the length the request asked for: the LLM copies it."""
+    the words "short rising sweep" together, which could make an answer about a held-out long rising
+    sweep start "A short". The reply still copies the asked length (33 of 33 held-out requests); the
+    answers about sounds did not change (README, "Which token the length is read from")."""
     if not any(m == "audio" for m, _ in sample.outputs):
         return sample
     turns = [dataclasses.replace(t, unlearnt=tuple(tw.LENGTHS)) if t.role == "assistant" else t
@@ -319,7 +319,8 @@ def any_length_words(sample: Sample) -> Sample:
     (`Turn.hedged` at `EITHER`): that a describe answer names a length is learnt, and nothing about
     which. Half and half (`even_length_words`) is a target too: met for world sounds, whose length
     the sound does show, it teaches the LLM to stop reading the length from a world sound; here only
-    the novel sounds (every kind at both lengths) decide which (README, "Either length word")."""
+    the novel sounds (every kind at both lengths) decide which (README, "Which token the length is
+    read from")."""
     if not any(m == "audio" for t in sample.turns for m, _ in t.media):
         return sample
     pairs = (("short", "long", EITHER), ("long", "short", EITHER))
