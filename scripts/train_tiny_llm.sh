@@ -41,16 +41,19 @@ P_ECHO="anygpt train projectors --init $RUNS/stage1x2/model --out $RUNS/projecto
 # Stage 1 once more, against the encoder whose new audio tower reads a sound's length (README, "The
 # new audio tower, read by the LLM"); only the input projector changes
 Q4="anygpt train stage1 --data $DATA/dialogs.jsonl --init $RUNS/projectors-echo/model --out $RUNS/stage1p --steps 300 --batch-size 8 --lr 5e-4 --seed 2 --novel-audio 600 --grey-clips 400 --cut-sounds 400"
-# Stage 3 anew on dialogs whose answers about sounds say their length, each sound read with its tail
-# and each clip with its grey copy as further tokens (README, "A sound's tail and a clip's grey copy
-# as more tokens"), then the three output projectors refit on its states
+# Stage 3 anew on dialogs whose answers about sounds say their length, each clip read with its grey
+# copy as a further token (README, "A sound's tail and a clip's grey copy as more tokens"), each sound
+# with its head and its tail's loudness, world sounds drawn out past the long class (README, "A
+# sound's head, and sounds past either length") and novel sounds that tell their length in the
+# loudness tail alone (README, "Which token the length is read from"); then the three output
+# projectors refit on its states
 DATA_L=$W/toy-train-lengths
 MAKE_DATA_L="anygpt toyworld $DATA_L --counts image=3000,audio=1500,video=1500,depth=800 --seed 0 --dialogs 4000 --two-outputs 0.4 --kinds-say-length"
-S3V="anygpt train stage3 --data $DATA_L/dialogs.jsonl --init $RUNS/stage1p/model --out $RUNS/stage3v --steps 300 --batch-size 8 --lr 5e-4 --seed 3 --even-lengths --novel-audio 1200 --novel-kinds recipe --grey-clips 400 --cut-sounds 400 --novel-kinds-unlearnt --audio-windows 1.5: --video-grey"
+S3V="anygpt train stage3 --data $DATA_L/dialogs.jsonl --init $RUNS/stage1p/model --out $RUNS/stage3m --steps 300 --batch-size 8 --lr 5e-4 --seed 3 --any-lengths --novel-audio 1200 --novel-kinds recipe --grey-clips 400 --cut-sounds 400 --novel-kinds-unlearnt --video-grey --audio-windows 0:0.9 --audio-loudness 1.5: --stretched-sounds 400 --length-from-loudness"
 COMMON_L="--dialogs $DATA_L/dialogs.jsonl --manifest $DATA_L/manifest.jsonl --seed 0 --reads reply"
-P_AUD_V="anygpt train projectors --init $RUNS/stage3v/model --out $RUNS/projectors-v-audio $COMMON_L --per-modality 1000 --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000 --heldout-fraction 0 --pooled-tokens 16 --novel-audio 600 --novel-kinds recipe --echo-audio 600"
-P_IMG_V="anygpt train projectors --init $RUNS/projectors-v-audio/model --out $RUNS/projectors-v-image $COMMON_L --per-modality 300 --modalities image --decoder image=anygpt:tiny/image --contrastive-weight 1.0 --steps 5000"
-P_VID_V="anygpt train projectors --init $RUNS/projectors-v-image/model --out $RUNS/projectors-v $COMMON_L --per-modality 300 --modalities video --decoder video=anygpt:tiny/video --contrastive-weight 1.0 --steps 5000 --fresh --heldout-fraction 0 --dropout 0.1"
+P_AUD_V="anygpt train projectors --init $RUNS/stage3m/model --out $RUNS/projectors-m-audio $COMMON_L --per-modality 1000 --modalities audio --decoder audio=anygpt:tiny/audio --contrastive-weight 0.1 --steps 3000 --heldout-fraction 0 --pooled-tokens 16 --novel-audio 600 --novel-kinds recipe --echo-audio 600"
+P_IMG_V="anygpt train projectors --init $RUNS/projectors-m-audio/model --out $RUNS/projectors-m-image $COMMON_L --per-modality 300 --modalities image --decoder image=anygpt:tiny/image --contrastive-weight 1.0 --steps 5000"
+P_VID_V="anygpt train projectors --init $RUNS/projectors-m-image/model --out $RUNS/projectors-m $COMMON_L --per-modality 300 --modalities video --decoder video=anygpt:tiny/video --contrastive-weight 1.0 --steps 5000 --fresh --heldout-fraction 0 --dropout 0.1"
 
 [ -f "$DATA/dialogs.jsonl" ] || ${MAKE_DATA/anygpt /$CLI }
 for cmd in "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1"; do ${cmd/anygpt /$CLI }; done
@@ -67,5 +70,5 @@ for cmd in "$S3V" "$P_AUD_V" "$P_IMG_V" "$P_VID_V"; do ${cmd/anygpt /$CLI }; don
 args=()
 for cmd in "$MAKE_DATA" "$S1" "$S2" "$S3" "$P_AUD" "$P_IMG" "$P_VID" "$Q1" "$P_POOL" "$Q2" "$Q3" "$P_ECHO" "$Q4" \
            "$MAKE_DATA_L" "$S3V" "$P_AUD_V" "$P_IMG_V" "$P_VID_V"; do args+=(--command "$cmd"); done
-$CLI train export-tiny model --source "$RUNS/projectors-v/model" --data "$DATA_L" "${args[@]}"
+$CLI train export-tiny model --source "$RUNS/projectors-m/model" --data "$DATA_L" "${args[@]}"
 $CLI eval --preset tiny --part llm --json
