@@ -434,8 +434,13 @@ class AnyGPTModel(nn.Module):
         item's own embedding, then its views' (`views`: a sound's windows, a clip's grey copy). Items
         of a modality share a batch; `CaptionStandIn` items go through the encoder's text branch
         together, a caption filling its item's every slot."""
-        media = [part for m, x in media for part in [(m, x.own if isinstance(x, ViewsApart) else x)] + [
-            (m, x) if isinstance(x, CaptionStandIn) else (as_modality, view(x.views[i] if isinstance(x, ViewsApart) else x))
+        def source(x, i):  # what view i (None: the item's own token) reads
+            if not isinstance(x, ViewsApart):
+                return x
+            return x.own if i is None else x.views[i]
+
+        media = [part for m, x in media for part in [(m, source(x, None))] + [
+            (m, x) if isinstance(x, CaptionStandIn) else (as_modality, view(source(x, i)))
             for i, (as_modality, view) in enumerate(self.views(m))]]
         weight = self.input_projector.proj.weight
         out = torch.empty(len(media), self.input_projector.proj.out_features, device=weight.device)
@@ -511,7 +516,8 @@ class AnyGPTModel(nn.Module):
             w = batch.other_weights[:, 1:].flatten()[hedged].to(loss)
             own, other = loss[hedged], F.cross_entropy(logits[hedged], others[hedged], reduction="none")
             either = -torch.logaddexp(-own, -other)  # -log(p(word) + p(other))
-            loss = loss.index_put((hedged.nonzero()[:, 0],), torch.where(w == EITHER, either, (1 - w) * own + w * other))
+            mixed = (1 - w) * own + w * other
+            loss = loss.index_put((hedged.nonzero()[:, 0],), torch.where(w == EITHER, either, mixed))
             loss_sum = loss.sum()
         states: list[list[torch.Tensor]] = [[] for _ in runs]
         conditionings: list[list[torch.Tensor]] = [[] for _ in runs]

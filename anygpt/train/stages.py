@@ -94,7 +94,8 @@ def novel_sound_samples(n: int, folder: Path, seed: int, kinds: tuple[str, ...] 
     the kind words are not learnt, only the length. `apart` (for each of the model's audio views,
     whether it is read at the told length, e.g. True for its loudness tail alone): every other sound
     is then read everywhere else at the other length (the same sound drawn out or cut short,
-    `ViewsApart`), so that only those views tell a length. The sounds are written once to `folder` (WAV) and reused when it is there."""
+    `ViewsApart`), so that only those views tell a length. The sounds are written once to `folder`
+    (WAV) and reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 3])
     questions = [q for q, attribute in ASK["audio"]["train"] if attribute == "all"] + DESCRIBE["audio"]
@@ -179,8 +180,8 @@ def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False,
     """n "what kind of sound is this?" questions about world sounds of the training split rendered
     0.4-0.95 s long (`CUT_SECONDS`; or `seconds`, e.g. `STRETCH_SECONDS`), answered with their kind
     alone, or with `say_length` as the dialogs answer a kind, with the length the kind has in the
-    training split ("It is a long pulsing beeps."), that word not learnt (`unlearn_lengths`): an answer without a length word would teach
-    the LLM to drop the length of world sounds. The sounds are written once to `folder` (WAV) and
+    training split ("It is a long pulsing beeps."), that word not learnt (`unlearn_lengths`): an
+    answer without a length word would teach the LLM to drop the length of world sounds. The sounds are written once to `folder` (WAV) and
     reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
     if any(seconds[1] >= lo and seconds[0] <= hi for lo, hi in tw.LENGTHS.values()):
@@ -556,16 +557,16 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if limit:
         samples = samples[:limit]
     if novel_audio:
-        apart = (False,) * len(app.config.audio_windows) + (True,) * len(app.config.audio_loudness_windows)
+        told = (False,) * len(app.config.audio_windows) + (True,) * len(app.config.audio_loudness_windows)
         samples += novel_sound_samples(novel_audio, out / "novel-audio", seed, novel_kinds,
-                                       learn_kinds=not novel_kinds_unlearnt, apart=apart if length_from_loudness else ())
+                                       learn_kinds=not novel_kinds_unlearnt, apart=told if length_from_loudness else ())
     if grey_clips:
         samples += grey_clip_samples(grey_clips, out / "grey-clips", seed)
-    cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed,
-                            say_length=length_from_novel or hedge_lengths or even_lengths or any_lengths) if cut_sounds else []
+    say_length = length_from_novel or hedge_lengths or even_lengths or any_lengths
+    cut = cut_sound_samples(cut_sounds, out / "cut-sounds", seed, say_length=say_length) if cut_sounds else []
     if stretched_sounds:
         cut += cut_sound_samples(stretched_sounds, out / "stretched-sounds", seed, seconds=STRETCH_SECONDS,
-                                 say_length=length_from_novel or hedge_lengths or even_lengths or any_lengths)
+                                 say_length=say_length)
     if paint_clips:
         samples += paint_clip_samples(paint_clips, out / "paint-clips", seed)
     if caption_sounds:
