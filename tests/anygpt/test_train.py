@@ -901,9 +901,9 @@ def test_captions_stand_in_for_sounds_and_clips_and_teach_only_length_and_direct
     assert saved.audio_windows == [(0.0, 0.9)] and saved.audio_loudness_windows == [(1.5, None)]
     assert saved.video_grey and saved.video_still
     assert len(list((tmp_path / "s3f" / "stretched-sounds").glob("*.wav"))) == 2
-    with pytest.raises(ValueError, match="even_lengths replaces"):
-        train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "x", init=tmp_path / "s3" / "model",
-                    even_lengths=True, length_from_novel=True)
+    for two in ({"even_lengths": True, "length_from_novel": True}, {"any_lengths": True, "even_lengths": True}):
+        with pytest.raises(ValueError, match="each replace the others"):
+            train_stage(3, toy_data / "dialogs.jsonl", tmp_path / "x", init=tmp_path / "s3" / "model", **two)
     lora = "lora/adapter_model.safetensors"
     old, new = (load_file(tmp_path / run / "model" / lora) for run in ("s3", "s3f"))
     b = [k for k in old if "lora_B" in k]
