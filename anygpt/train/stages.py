@@ -181,8 +181,8 @@ def cut_sound_samples(n: int, folder: Path, seed: int, say_length: bool = False,
     0.4-0.95 s long (`CUT_SECONDS`; or `seconds`, e.g. `STRETCH_SECONDS`), answered with their kind
     alone, or with `say_length` as the dialogs answer a kind, with the length the kind has in the
     training split ("It is a long pulsing beeps."), that word not learnt (`unlearn_lengths`): an
-    answer without a length word would teach the LLM to drop the length of world sounds. The sounds are written once to `folder` (WAV) and
-    reused when it is there."""
+    answer without a length word would teach the LLM to drop the length of world sounds. The sounds
+    are written once to `folder` (WAV) and reused when it is there."""
     folder.mkdir(parents=True, exist_ok=True)
     if any(seconds[1] >= lo and seconds[0] <= hi for lo, hi in tw.LENGTHS.values()):
         raise ValueError(f"sounds of {seconds[0]}-{seconds[1]} s overlap a length class {tw.LENGTHS}: "
@@ -262,17 +262,23 @@ def stage3_samples(model: AnyGPTModel, dialogs: list[dict]) -> list[Sample]:
     return out
 
 
+def _answers_changed(sample: Sample, about_sound: bool, **changes) -> Sample:
+    """The sample with `changes` (`Turn` fields) on its assistant turns when it has a sound (attached,
+    or made with `about_sound=False`), else the sample itself."""
+    sounds = ([m for t in sample.turns for m, _ in t.media] if about_sound else [m for m, _ in sample.outputs])
+    if "audio" not in sounds:
+        return sample
+    turns = [dataclasses.replace(t, **changes) if t.role == "assistant" else t for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
+
+
 def unlearn_lengths(sample: Sample) -> Sample:
     """The sample with the length words of its answers about attached sounds not learnt. In the world's
     training split each kind comes at one length, so the length an answer says is given away by the
     kind; learnt from those answers, the LLM writes a held-out long noise burst "short". Left out,
     only the novel sounds (`novel_sound_samples`, every kind at both lengths) teach the length, read
     from the sound, as the tiny encoder's `--length-from-novel` (README, "Reading lengths with the LoRA")."""
-    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
-        return sample
-    turns = [dataclasses.replace(t, unlearnt=tuple(tw.LENGTHS)) if t.role == "assistant" else t
-             for t in sample.turns]
-    return dataclasses.replace(sample, turns=turns)
+    return _answers_changed(sample, True, unlearnt=tuple(tw.LENGTHS))
 
 
 def unlearn_made_lengths(sample: Sample) -> Sample:
@@ -281,11 +287,7 @@ def unlearn_made_lengths(sample: Sample) -> Sample:
     the words "short rising sweep" together, which could make an answer about a held-out long rising
     sweep start "A short". The reply still copies the asked length (33 of 33 held-out requests); the
     answers about sounds did not change (README, "Which token the length is read from")."""
-    if not any(m == "audio" for m, _ in sample.outputs):
-        return sample
-    turns = [dataclasses.replace(t, unlearnt=tuple(tw.LENGTHS)) if t.role == "assistant" else t
-             for t in sample.turns]
-    return dataclasses.replace(sample, turns=turns)
+    return _answers_changed(sample, False, unlearnt=tuple(tw.LENGTHS))
 
 
 def hedge_length_words(sample: Sample) -> Sample:
@@ -295,11 +297,7 @@ def hedge_length_words(sample: Sample) -> Sample:
     hedged one is met at one margin by every sound, world or novel, which leaves a kind less to add
     (measured: the LLM still chose the length by kind, README, "Lengths and directions learnt from
     words")."""
-    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
-        return sample
-    pairs = (("short", "long"), ("long", "short"))
-    turns = [dataclasses.replace(t, hedged=pairs) if t.role == "assistant" else t for t in sample.turns]
-    return dataclasses.replace(sample, turns=turns)
+    return _answers_changed(sample, True, hedged=(("short", "long"), ("long", "short")))
 
 
 def even_length_words(sample: Sample) -> Sample:
@@ -308,11 +306,7 @@ def even_length_words(sample: Sample) -> Sample:
     out (`unlearn_lengths`), an LLM with a fresh LoRA learns from the world's answers to leave the
     length out ("A rising sweep."); here the sound, through the novel sounds (every kind at both
     lengths), decides which (README, "A sound's tail and a clip's grey copy as more tokens")."""
-    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
-        return sample
-    pairs = (("short", "long", 0.5), ("long", "short", 0.5))
-    turns = [dataclasses.replace(t, hedged=pairs) if t.role == "assistant" else t for t in sample.turns]
-    return dataclasses.replace(sample, turns=turns)
+    return _answers_changed(sample, True, hedged=(("short", "long", 0.5), ("long", "short", 0.5)))
 
 
 def any_length_words(sample: Sample) -> Sample:
@@ -322,11 +316,7 @@ def any_length_words(sample: Sample) -> Sample:
     the sound does show, it teaches the LLM to stop reading the length from a world sound; here only
     the novel sounds (every kind at both lengths) decide which (README, "Which token the length is
     read from")."""
-    if not any(m == "audio" for t in sample.turns for m, _ in t.media):
-        return sample
-    pairs = (("short", "long", EITHER), ("long", "short", EITHER))
-    turns = [dataclasses.replace(t, hedged=pairs) if t.role == "assistant" else t for t in sample.turns]
-    return dataclasses.replace(sample, turns=turns)
+    return _answers_changed(sample, True, hedged=(("short", "long", EITHER), ("long", "short", EITHER)))
 
 
 def place_runs(model: AnyGPTModel, text: str, runs: list[dict]) -> str:
@@ -506,8 +496,8 @@ def train_stage(stage: int, data: str | Path, out: str | Path, *, config: AnyGPT
     if sum((length_from_novel, hedge_lengths, even_lengths, any_lengths)) > 1:
         raise ValueError("length_from_novel, hedge_lengths, even_lengths and any_lengths each replace the others: "
                          "give one")
-    if hedge_lengths and (length_from_novel or stage == 2):
-        raise ValueError("hedge_lengths is for stages 1 and 3, without length_from_novel")
+    if hedge_lengths and stage == 2:
+        raise ValueError("hedge_lengths is for stages 1 and 3")
     if made_lengths_unlearnt and stage != 3:
         raise ValueError("made_lengths_unlearnt is a stage-3 option (the stage that learns the replies)")
     if fresh_lora and stage != 3:
